@@ -1,0 +1,151 @@
+"""How the shell is attached: a frozen value of lxc-attach options that builds the argv."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from .errors import ConfigError
+from .lxc import Tools, validate_name, validate_path
+
+# The shell when none is configured: bash if the container has it, else /bin/sh (busybox ash).
+# A constant script: nothing from the user is ever spliced into it.
+AUTO_SHELL = (
+    "/bin/sh",
+    "-c",
+    "if command -v bash >/dev/null 2>&1; then exec bash --noprofile --norc; fi; exec /bin/sh",
+)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NAMESPACES = ("MOUNT", "PID", "UTSNAME", "IPC", "USER", "NETWORK")
+ELEVATED = ("CAP", "CGROUP", "LSM")
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]*\$?")
+
+
+def validate_env_name(name: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(name):
+        raise ConfigError(f"invalid environment variable name {name!r}")
+    return name
+
+
+def validate_env_value(name: str, value: str) -> str:
+    if "\0" in value:
+        raise ConfigError(f"the value of {name} contains a NUL byte")
+    return value
+
+
+def parse_flags(value: str | Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    """``"MOUNT|PID"``, ``"mount,pid"`` or a list -> validated upper-case names."""
+    items = re.split(r"[|,\s]+", value) if isinstance(value, str) else list(value)
+    flags = tuple(dict.fromkeys(item.strip().upper() for item in items if item.strip()))
+    bad = [f for f in flags if f not in allowed]
+    if bad:
+        raise ConfigError(f"unknown {what} {', '.join(bad)}: choose from {', '.join(allowed)}")
+    return flags
+
+
+@dataclass(frozen=True)
+class AttachOptions:
+    """Everything that decides how ``lxc-attach`` enters the container.
+
+    ``uid``/``gid`` are numeric: user names are resolved inside the container by the caller, because
+    the container's /etc/passwd is the one that counts. ``home``/``user_name`` feed the curated
+    environment.
+    """
+
+    container: str
+    tools: Tools = field(default_factory=Tools)
+    uid: int | None = None
+    gid: int | None = None
+    user_name: str = "root"
+    home: str = "/root"
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    shell: str | None = None
+    namespaces: tuple[str, ...] = ()
+    elevated: tuple[str, ...] = ()
+    remount_sys_proc: bool = False
+    term: str = "xterm-256color"
+
+    def __post_init__(self) -> None:
+        validate_name(self.container)
+        for key, value in self.env:
+            validate_env_name(key)
+            validate_env_value(key, value)
+        for number, what in ((self.uid, "uid"), (self.gid, "gid")):
+            if number is not None and not (0 <= number < 2**32 - 1):
+                raise ConfigError(f"invalid {what} {number}")
+        if self.cwd is not None:
+            validate_path(self.cwd, "working directory")
+        if self.shell is not None:
+            validate_path(self.shell, "shell")
+        parse_flags(self.namespaces, NAMESPACES, "namespace")
+        parse_flags(self.elevated, ELEVATED, "privilege")
+        if not re.fullmatch(r"[A-Za-z0-9.+_-]{1,64}", self.term):
+            raise ConfigError(f"invalid TERM {self.term!r}")
+
+    def with_(self, **changes: object) -> AttachOptions:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def warnings(self) -> list[str]:
+        """lxc-attach(1): -s implies -e, and -e may leak host privileges into the container."""
+        out = []
+        if self.namespaces:
+            out.append("namespaces: attaching to only some namespaces implies elevated privileges "
+                       "(lxc-attach -s), which may leak host privileges into the container")
+        if self.elevated:
+            out.append("elevated privileges (lxc-attach -e) may leak host privileges into the container")
+        return out
+
+    def environment(self) -> dict[str, str]:
+        """The curated environment of the shell: nothing from the host unless asked for."""
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": self.home,
+            "USER": self.user_name,
+            "LOGNAME": self.user_name,
+            "TERM": self.term,
+            "LANG": "C.UTF-8",
+        }
+        env.update(self.env)
+        return env
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        """The lxc-attach argv that runs ``command`` (an argv inside the container)."""
+        argv = self.tools.argv("lxc-attach", "-n", self.container, log=True)
+        # --clear-env, and the kernel also spawns lxc-attach with an empty environment: the
+        # connection file, Jupyter's variables and any secret of the host stay out either way.
+        argv.append("--clear-env")
+        for key, value in self.environment().items():
+            argv += ["-v", f"{key}={value}"]
+        if self.uid is not None:
+            # -u alone leaves gid 0 (LXC-FACTS): always pass both.
+            argv += ["-u", str(self.uid), "-g", str(self.gid if self.gid is not None else self.uid)]
+        elif self.gid is not None:
+            argv += ["-g", str(self.gid)]
+        if self.namespaces:
+            argv += ["-s", "|".join(self.namespaces)]
+        if self.elevated:
+            argv += ["-e", "|".join(self.elevated)]
+        if self.remount_sys_proc:
+            argv.append("-R")
+        return [*argv, "--", *command]
+
+    def shell_command(self) -> list[str]:
+        """The shell's argv inside the container."""
+        return [self.shell] if self.shell else list(AUTO_SHELL)
+
+    def shell_argv(self) -> list[str]:
+        return self.argv(self.shell_command())
+
+
+def env_pairs(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple((validate_env_name(k), validate_env_value(k, str(v))) for k, v in mapping.items())
+
+
+def valid_user_name(name: str) -> bool:
+    return bool(_USER_NAME_RE.fullmatch(name)) and len(name) <= 32

@@ -1,0 +1,236 @@
+"""The Jupyter glue: identity, configuration traits, lazy attach, and exceptions turned into replies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from ipykernel.kernelbase import Kernel
+from traitlets import Bool, Dict, Enum, Float, List, Unicode
+
+from . import __version__
+from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
+from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
+from .lxc import ADVICE, Container, State, Tools
+from .session import RunResult, ShellSession
+from .users import resolve_user
+
+log = logging.getLogger(__name__)
+
+_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 13: "SIGPIPE", 15: "SIGTERM"}
+
+
+def describe_status(status: int) -> str:
+    """``exit status 137 (killed by SIGKILL)`` and friends: what a user needs to read the number."""
+    text = f"exit status {status}"
+    if status == 126:
+        return f"{text} (command not executable)"
+    if status == 127:
+        return f"{text} (command not found)"
+    if 128 < status < 160:
+        name = _SIGNALS.get(status - 128, f"signal {status - 128}")
+        return f"{text} (killed by {name})"
+    return text
+
+
+class LXCKernel(Kernel):
+    """Runs each cell in one persistent shell inside an LXC container."""
+
+    implementation = "lxc_kernel"
+    implementation_version = __version__
+    language = "bash"
+    language_version = "5"
+    language_info = {
+        "name": "bash",
+        "codemirror_mode": "shell",
+        "mimetype": "text/x-sh",
+        "file_extension": ".sh",
+        "pygments_lexer": "bash",
+    }
+    banner = f"lxc-kernel {__version__}: a persistent shell inside an LXC container"
+
+    # -- configuration: kernelspec argv (--LXCKernel.x=...) or c.LXCKernel.x in a Jupyter config --
+    container = Unicode("lxc-kernel", help="Name of the container the shell runs in.").tag(config=True)
+    lxcpath = Unicode("", help="LXC path (lxc-* -P); empty for the system default.").tag(config=True)
+    user = Unicode("", help="Attach as NAME or UID[:GID]; names are resolved inside the container.").tag(
+        config=True
+    )
+    env = Dict(
+        value_trait=Unicode(), default_value={}, help="Extra variables set in the shell (KEY=VALUE)."
+    ).tag(config=True)
+    keep_env = List(
+        Unicode(), default_value=[], help="Host variables forwarded into the container, by name."
+    ).tag(config=True)
+    cwd = Unicode("", help="Working directory of the shell; empty for the user's home.").tag(config=True)
+    shell = Unicode("", help="Shell to run; empty picks bash if present, else /bin/sh.").tag(config=True)
+    namespaces = Unicode("", help="Attach only to these namespaces (MOUNT|PID|...); implies -e.").tag(
+        config=True
+    )
+    elevated = Unicode("", help="Elevated privileges CAP|CGROUP|LSM (lxc-attach -e).").tag(config=True)
+    remount_sys_proc = Bool(False, help="Remount /sys and /proc (lxc-attach -R).").tag(config=True)
+    sudo = Bool(False, help="Run lxc-* through `sudo -n` (for a kernel run by a non-root user).").tag(
+        config=True
+    )
+    colors = Bool(False, help="Keep SGR colour codes in the output (frontends render them).").tag(config=True)
+    stderr = Enum(
+        ["separate", "merged"], default_value="separate", help="stderr as its own stream, or merged into stdout."
+    ).tag(config=True)
+    term = Unicode("xterm-256color", help="TERM inside the shell.").tag(config=True)
+    cell_timeout = Float(0.0, help="Per-cell time limit in seconds; 0 for none.").tag(config=True)
+    startup_timeout = Float(15.0, help="Seconds allowed for the shell to start.").tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session: ShellSession | None = None
+        self._options: AttachOptions | None = None
+
+    # -- attach ---------------------------------------------------------------------------------
+    @property
+    def tools(self) -> Tools:
+        return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo)
+
+    def target(self) -> Container:
+        return Container(self.container, self.tools)
+
+    def attach_options(self) -> AttachOptions:
+        """Validate the configuration into an AttachOptions (raises ConfigError with what is wrong)."""
+        container = self.target()
+        env = dict(self.env)
+        for name in self.keep_env:
+            if name in os.environ:
+                env[name] = os.environ[name]
+        options = AttachOptions(
+            container.name,
+            tools=container.tools,
+            env=env_pairs(env),
+            cwd=self.cwd or None,
+            shell=self.shell or None,
+            namespaces=parse_flags(self.namespaces, NAMESPACES, "namespace"),
+            elevated=parse_flags(self.elevated, ELEVATED, "privilege"),
+            remount_sys_proc=self.remount_sys_proc,
+            term=self.term,
+        )
+        if self.user:
+            options = resolve_user(container, self.user, options)
+        return options
+
+    def ensure_session(self) -> ShellSession:
+        if self.session is not None and self.session.alive:
+            return self.session
+        self.close_session()
+        options = self.attach_options()
+        container = self.target()
+        container.require_running()
+        setup = ["cd"] if options.cwd is None else [f"cd -- {_sh_quote(options.cwd)}"]
+        session = ShellSession(
+            options.argv,
+            options.shell_command(),
+            setup=setup,
+            separate_stderr=self.stderr == "separate",
+            keep_colors=self.colors,
+            health_check=container.require_running,
+        )
+        session.start(timeout=self.startup_timeout)
+        self.session = session
+        self._options = options
+        for warning in options.warnings:
+            self._stream("stderr", f"warning: {warning}\n")
+        return session
+
+    def close_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
+
+    # -- execution ------------------------------------------------------------------------------
+    async def do_execute(  # type: ignore[override]
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            return self._execute(code, silent)
+        except KeyboardInterrupt:
+            # SIGINT landed outside the read loop (before or after the cell ran).
+            return self._error("KeyboardInterrupt", "interrupted")
+        except ShellExited as exc:
+            self.close_session()
+            return self._error_for_exit(exc)
+        except LxcKernelError as exc:
+            if not isinstance(exc, ConfigError):
+                self.close_session()
+            return self._error(type(exc).__name__, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bad cell must never take the kernel down
+            log.exception("unexpected error")
+            self.close_session()
+            return self._error(type(exc).__name__, f"internal error: {exc}")
+
+    def _execute(self, code: str, silent: bool) -> dict[str, Any]:
+        if not code.strip():
+            return self._ok()
+        session = self.ensure_session()
+        sink = (lambda stream, text: None) if silent else self._stream
+        result = self._run_interruptibly(session, code, sink)
+        if result.interrupted:
+            if result.timed_out:
+                return self._error("TimeoutError", f"the cell ran longer than {self.cell_timeout:g} s")
+            note = " The shell did not come back, so it was restarted; its state is gone." if result.restarted else ""
+            return self._error("KeyboardInterrupt", f"interrupted{note}")
+        if result.status != 0:
+            return self._error("ExitStatus", describe_status(result.status))
+        return self._ok()
+
+    def _run_interruptibly(self, session: ShellSession, code: str, sink: Any) -> RunResult:
+        # ipykernel makes SIGINT raise KeyboardInterrupt during handlers; inside the read loop we
+        # want it as a request instead, so the shell gets ^C and the loop resyncs in order.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: session.request_interrupt()) if in_main else None
+        try:
+            return session.run(code, sink, timeout=self.cell_timeout or None)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+
+    def _error_for_exit(self, exc: ShellExited) -> dict[str, Any]:
+        """A dead shell: say whether the container went away, and that the next cell starts afresh."""
+        try:
+            state = self.target().state()
+        except LxcKernelError:
+            state = State.RUNNING
+        if state is not State.RUNNING:
+            advice = ADVICE.get(state, "check it with `lxc-info -n {name}`.").format(name=self.container)
+            err = ContainerNotReady(self.container, state.value, f"the shell ended with it. To continue, {advice}")
+            return self._error("ContainerNotReady", str(err))
+        return self._error("ShellExited", f"{exc} The next cell starts a fresh shell.")
+
+    # -- replies --------------------------------------------------------------------------------
+    def _stream(self, name: str, text: str) -> None:
+        self.send_response(self.iopub_socket, "stream", {"name": name, "text": text})
+
+    def _ok(self) -> dict[str, Any]:
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [], "user_expressions": {}}
+
+    def _error(self, ename: str, evalue: str) -> dict[str, Any]:
+        """The one place an error becomes a reply: exactly one ``error`` message, then the reply."""
+        content = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        self.send_response(self.iopub_socket, "error", content)
+        return {"status": "error", "execution_count": self.execution_count, **content}
+
+    # -- shutdown -------------------------------------------------------------------------------
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        self.close_session()
+        return {"status": "ok", "restart": restart}
+
+
+def _sh_quote(text: str) -> str:
+    """Quote for the shell that reads it (the only place shell text is built from a value)."""
+    return "'" + text.replace("'", "'\\''") + "'"

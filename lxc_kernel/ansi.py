@@ -44,7 +44,7 @@ class TerminalText:
     ``\\n``. A lone ``\\r`` is kept.
     """
 
-    __slots__ = ("keep_colors", "_decoder", "_pending")
+    __slots__ = ("_decoder", "_pending", "keep_colors")
 
     def __init__(self, *, keep_colors: bool = False) -> None:
         self.keep_colors = keep_colors

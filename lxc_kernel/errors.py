@@ -47,7 +47,7 @@ class ShellExited(LxcKernelError):
         self.status = status
         shown = "an unknown status" if status is None else str(status)
         msg = f"the shell exited with {shown}; its state (variables, cwd, jobs) is gone"
-        super().__init__(f"{msg}. {detail}".strip() if detail else msg)
+        super().__init__(f"{msg}. {detail}".strip() if detail else f"{msg}.")
 
 
 class ShellTimeout(LxcKernelError):

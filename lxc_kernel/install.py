@@ -100,7 +100,7 @@ def traits_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.cwd:
         traits["cwd"] = validate_path(args.cwd, "working directory")
     if args.shell:
-        traits["shell"] = validate_path(args.shell, "shell")
+        traits["shell_path"] = validate_path(args.shell, "shell")
     if args.namespaces:
         traits["namespaces"] = "|".join(parse_flags(args.namespaces, NAMESPACES, "namespace"))
     if args.elevated:

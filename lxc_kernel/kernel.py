@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from ipykernel.kernelbase import Kernel
 from traitlets import Bool, Dict, Enum, Float, List, Unicode
@@ -43,7 +43,7 @@ class LXCKernel(Kernel):
     implementation_version = __version__
     language = "bash"
     language_version = "5"
-    language_info = {
+    language_info: ClassVar[dict[str, str]] = {
         "name": "bash",
         "codemirror_mode": "shell",
         "mimetype": "text/x-sh",
@@ -65,7 +65,8 @@ class LXCKernel(Kernel):
         Unicode(), default_value=[], help="Host variables forwarded into the container, by name."
     ).tag(config=True)
     cwd = Unicode("", help="Working directory of the shell; empty for the user's home.").tag(config=True)
-    shell = Unicode("", help="Shell to run; empty picks bash if present, else /bin/sh.").tag(config=True)
+    # Not `shell`: IPKernelApp reads kernel.shell expecting an IPython shell.
+    shell_path = Unicode("", help="Shell to run; empty picks bash if present, else /bin/sh.").tag(config=True)
     namespaces = Unicode("", help="Attach only to these namespaces (MOUNT|PID|...); implies -e.").tag(
         config=True
     )
@@ -84,7 +85,7 @@ class LXCKernel(Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.session: ShellSession | None = None
+        self.shell_session: ShellSession | None = None
         self._options: AttachOptions | None = None
 
     # -- attach ---------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ class LXCKernel(Kernel):
             tools=container.tools,
             env=env_pairs(env),
             cwd=self.cwd or None,
-            shell=self.shell or None,
+            shell=self.shell_path or None,
             namespaces=parse_flags(self.namespaces, NAMESPACES, "namespace"),
             elevated=parse_flags(self.elevated, ELEVATED, "privilege"),
             remount_sys_proc=self.remount_sys_proc,
@@ -118,8 +119,8 @@ class LXCKernel(Kernel):
         return options
 
     def ensure_session(self) -> ShellSession:
-        if self.session is not None and self.session.alive:
-            return self.session
+        if self.shell_session is not None and self.shell_session.alive:
+            return self.shell_session
         self.close_session()
         options = self.attach_options()
         container = self.target()
@@ -134,14 +135,14 @@ class LXCKernel(Kernel):
             health_check=container.require_running,
         )
         session.start(timeout=self.startup_timeout)
-        self.session = session
+        self.shell_session = session
         self._options = options
         for warning in options.warnings:
             self._stream("stderr", f"warning: {warning}\n")
         return session
 
     def close_session(self) -> None:
-        session, self.session = self.session, None
+        session, self.shell_session = self.shell_session, None
         if session is not None:
             session.close()
 
@@ -169,7 +170,7 @@ class LXCKernel(Kernel):
             if not isinstance(exc, ConfigError):
                 self.close_session()
             return self._error(type(exc).__name__, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bad cell must never take the kernel down
+        except Exception as exc:
             log.exception("unexpected error")
             self.close_session()
             return self._error(type(exc).__name__, f"internal error: {exc}")

@@ -17,9 +17,12 @@ from .errors import ConfigError, ContainerNotReady, LxcCommandError, LxcNotInsta
 # portable hostname alphabet plus '_' and '.'; this also rules out every shell metacharacter.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-# The environment the lxc-* tools themselves run with: nothing of the kernel's (connection
-# file, tokens, secrets) reaches them, so nothing can leak through them either.
-TOOL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+# The environment the lxc-* tools themselves run with: the kernel's PATH (to find them) and
+# nothing else of the kernel's (connection file, tokens, secrets), so nothing leaks through them.
+TOOL_ENV = {
+    "PATH": os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C.UTF-8",
+}
 
 
 def validate_name(name: str, what: str = "container name") -> str:

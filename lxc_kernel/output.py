@@ -15,7 +15,7 @@ class OutputBuffer:
     A change of stream flushes first, so stdout and stderr keep their relative order.
     """
 
-    __slots__ = ("sink", "interval", "limit", "_stream", "_parts", "_size", "_since")
+    __slots__ = ("_parts", "_since", "_size", "_stream", "interval", "limit", "sink")
 
     def __init__(self, sink: Sink, *, interval: float = 0.05, limit: int = 1 << 16) -> None:
         self.sink = sink

@@ -2,7 +2,8 @@
 
 How a cell travels: the kernel types ONE line into the interactive shell::
 
-    { __lxck_pre A B;} 2>/dev/null; command eval "$(printf 'SRC')" </dev/null 2>ERR; { __lxck_post $? A B ERR;} 2>/dev/null
+    { __lxck_pre A B ERR;} 2>/dev/null; command eval "$(printf 'SRC')" </dev/null 2<>ERR;
+    { __lxck_post $? A B ERR;} 2>/dev/null
 
 * ``A`` and ``B`` are the two halves of a fresh random token. The whole token only ever appears in what
   ``printf`` *outputs*, never in the typed line, its echo, ``set -x`` traces or ``history``: nothing a cell
@@ -148,7 +149,7 @@ class CellParser:
     15 MB of output 10x slower (LXC-FACTS).
     """
 
-    __slots__ = ("_prefix", "_buf", "started", "status")
+    __slots__ = ("_buf", "_prefix", "started", "status")
 
     def __init__(self, token: str, *, expect_start: bool = True) -> None:
         self._prefix = MARK + token.encode() + b":"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ptyprocess import PtyProcess
 
 from .ansi import TerminalText
-from .errors import ShellExited, ShellTimeout
+from .errors import LxcNotInstalled, ShellExited, ShellTimeout
 from .lxc import TOOL_ENV
 from .output import OutputBuffer, Sink
 from .protocol import CellParser, Handshake, ShellScript, frame_cell, frame_sync, inline_length, new_token
@@ -114,8 +114,8 @@ class ShellSession:
             self._proc = PtyProcess.spawn(
                 argv, cwd="/", env=dict(TOOL_ENV), dimensions=(rows, cols), preexec_fn=_reset_signals
             )
-        except FileNotFoundError:
-            raise
+        except FileNotFoundError as exc:
+            raise LxcNotInstalled(argv[0]) from exc
         # ptyprocess.close() sleeps 0.1 s by default; close() below does its own bounded waits.
         self._proc.delayafterclose = 0
         self._proc.delayafterterminate = 0
@@ -209,7 +209,7 @@ class ShellSession:
                 _wait_exit(proc, 2.0)
             try:
                 proc.close(force=True)
-            except Exception:  # noqa: BLE001 - closing must never raise during shutdown
+            except Exception:
                 pass
         if err is not None:
             err.kill()

@@ -2,7 +2,7 @@
 
 How a cell travels: the kernel types ONE line into the interactive shell::
 
-    { __lxck_pre A B ERR;} 2>/dev/null; command eval "$(printf 'SRC')" </dev/null 2<>ERR;
+    __lxck_pre A B ERR 2>/dev/null; command eval "$__lxck_x$(printf 'SRC')" </dev/null 2<>ERR;
     { __lxck_post $? A B ERR;} 2>/dev/null
 
 * ``A`` and ``B`` are the two halves of a fresh random token. The whole token only ever appears in what
@@ -14,6 +14,8 @@ How a cell travels: the kernel types ONE line into the interactive shell::
   evaluated with ``command eval "$(cat FILE)"``.
 * ``command eval`` turns a syntax error (an unclosed quote, an ``if`` without ``fi``) into status 2
   instead of a PS2 prompt that waits forever; ``command`` stops ash from aborting the rest of the line.
+* The line starts with a simple command, not ``{``: after ``eval`` hit an unclosed quote, bash fails to
+  see a reserved word as the first token of the next line ("syntax error near unexpected token }").
 * The start marker lets the parser drop whatever the shell printed between cells (prompts, PROMPT_COMMAND,
   job notices); the end marker carries the exit status, so a cell costs a single round trip.
 """
@@ -82,7 +84,11 @@ class ShellScript:
             # wraps prompts in bracketed-paste codes); ash ignores it with an error we discard.
             "PS1=''; PS2=''; PS4='+ '; unset PROMPT_COMMAND HISTFILE; set +o history 2>/dev/null;"
             " bind 'set enable-bracketed-paste off' 2>/dev/null;"
-            " __lxck_pre() { printf '<<lxck:%s%s:S>>' \"$1\" \"$2\";"
+            # `set -x` must trace the cell, not the framing: pre turns xtrace off and leaves
+            # "set -x<newline>" in __lxck_x, which the frame puts in front of the cell's text.
+            " __lxck_sx=$(printf 'set -x\\nx'); __lxck_sx=${__lxck_sx%x};"
+            " __lxck_pre() { case $- in *x*) set +x; __lxck_x=$__lxck_sx;; *) __lxck_x=;; esac;"
+            " printf '<<lxck:%s%s:S>>' \"$1\" \"$2\";"
             " [ -z \"$3\" ] || printf '<<lxck:%s%s:S>>' \"$1\" \"$2\" 1<>\"$3\"; };"
             " __lxck_post() { printf '<<lxck:%s%s:E%s>>' \"$2\" \"$3\" \"$1\";"
             " [ -z \"$4\" ] || printf '<<lxck:%s%s:E%s>>' \"$2\" \"$3\" \"$1\" 1<>\"$4\"; };"
@@ -111,9 +117,9 @@ def frame_cell(
     if script_path is not None:
         if not script_path.startswith("/tmp/.lxck.") or "'" in script_path:
             raise ValueError(f"unsafe script path {script_path!r}")
-        body = f"\"$(cat '{script_path}')\""
+        body = f"\"$__lxck_x$(cat '{script_path}')\""
     else:
-        body = f"\"$(printf '{printf_format(source or '')}')\""
+        body = f"\"$__lxck_x$(printf '{printf_format(source or '')}')\""
     redirs = " </dev/null" if stdin_null else ""
     post_err = ""
     if stderr_path is not None:
@@ -122,7 +128,7 @@ def frame_cell(
         redirs += f" 2<>'{stderr_path}'"
         post_err = f" '{stderr_path}'"
     return (
-        f"{{ __lxck_pre {a} {b}{post_err};}} 2>/dev/null; command eval {body}{redirs};"
+        f"__lxck_pre {a} {b}{post_err} 2>/dev/null; command eval {body}{redirs};"
         f" {{ __lxck_post $? {a} {b}{post_err};}} 2>/dev/null\n"
     ).encode()
 
@@ -131,7 +137,7 @@ def frame_sync(token: str, stderr_path: str | None = None) -> bytes:
     """A line that only prints a start and end marker: used to resync after an interrupt."""
     a, b = split_token(token)
     post_err = f" '{stderr_path}'" if stderr_path else ""
-    return f"{{ __lxck_pre {a} {b}{post_err}; __lxck_post $? {a} {b}{post_err};}} 2>/dev/null\n".encode()
+    return f"__lxck_pre {a} {b}{post_err} 2>/dev/null; {{ __lxck_post $? {a} {b}{post_err};}} 2>/dev/null\n".encode()
 
 
 def inline_length(source: str) -> int:

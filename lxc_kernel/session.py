@@ -45,6 +45,28 @@ def _reset_signals() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
+class RunHooks:
+    """Optional callbacks from the read loop of one cell; every default does nothing.
+
+    Interactive input (see stdin.py) needs to act at moments only the loop knows: when the cell's
+    commands start, when their output has gone quiet (a command may be waiting to read the terminal),
+    and just before ^C is typed. The hooks run in the loop's thread; ``idle`` may block (waiting for
+    the user's reply) and may call :meth:`ShellSession.send_input` or ``request_interrupt``.
+    """
+
+    idle_after = 0.08  # quiet this long before ``idle`` is first called...
+    idle_every = 0.15  # ...and then again this often while the quiet lasts
+
+    def started(self) -> None:
+        """The start marker arrived: the cell's commands run from now on."""
+
+    def idle(self) -> None:
+        """Output has been quiet for ``idle_after`` seconds (pending output was flushed first)."""
+
+    def interrupting(self) -> None:
+        """^C is about to be typed into the terminal."""
+
+
 @dataclass(frozen=True)
 class RunResult:
     status: int
@@ -193,6 +215,12 @@ class ShellSession:
         """End every process of this session, by PID, and release its descriptors."""
         proc, self._proc = self._proc, None
         err, self._err = self._err, None
+        # The shell, its jobs and the stderr reader are host descendants of our lxc-attach
+        # processes. A polite `exit` doesn't HUP background jobs and a killed pipe-mode attach
+        # leaves its command running, so end the whole tree, by PID. Daemons that detached
+        # (reparented to the container's init) are not ours and stay.
+        tree = [pid for root in (proc.pid if proc else None, err.pid if err else None) if root
+                for pid in descendants(root)]
         if proc is not None:
             if proc.isalive() and self.info is not None:
                 # Polite first: remove the session directory and leave. Bounded, then SIGKILL.
@@ -219,6 +247,11 @@ class ShellSession:
                 pass
             if err.stdout:
                 err.stdout.close()
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -240,12 +273,22 @@ class ShellSession:
             pass
 
     # -- running --------------------------------------------------------------------------------
-    def run(self, source: str, sink: Sink, *, timeout: float | None = None) -> RunResult:
+    def run(
+        self,
+        source: str,
+        sink: Sink,
+        *,
+        timeout: float | None = None,
+        stdin: bool | None = None,
+        hooks: RunHooks | None = None,
+    ) -> RunResult:
         """Run one cell. Output goes to ``sink(stream, text)`` while it runs.
 
         Raises ShellExited when the shell ends (``exit N``, container stopped); the session is then
         closed. ``health_check`` is consulted while the shell is silent, so a frozen or stopped
-        container ends the cell with its error instead of a hang.
+        container ends the cell with its error instead of a hang. ``stdin=True`` gives this cell's
+        commands the terminal as stdin (interactive input, with ``hooks``); None keeps the session's
+        ``stdin_null`` choice.
         """
         if self._proc is None or self.info is None:
             raise ShellExited(None, "the shell is not running")
@@ -253,16 +296,24 @@ class ShellSession:
         self._interrupt = False
         token = new_token()
         err_path = f"{self.info.session_dir}/err" if self._err is not None else None
+        stdin_null = self.stdin_null if stdin is None else not stdin
         if inline_length(source) > INLINE_LIMIT:
             script = f"{self.info.session_dir}/cell"
             self.upload(script, source.encode("utf-8", "surrogateescape"))
-            line = frame_cell(None, token, script_path=script, stderr_path=err_path, stdin_null=self.stdin_null)
+            line = frame_cell(None, token, script_path=script, stderr_path=err_path, stdin_null=stdin_null)
         else:
-            line = frame_cell(source, token, stderr_path=err_path, stdin_null=self.stdin_null)
-        return self._loop(line, token, sink, timeout=timeout, err_path=err_path)
+            line = frame_cell(source, token, stderr_path=err_path, stdin_null=stdin_null)
+        return self._loop(line, token, sink, timeout=timeout, err_path=err_path, hooks=hooks)
 
     def _loop(
-        self, line: bytes, token: str, sink: Sink, *, timeout: float | None, err_path: str | None
+        self,
+        line: bytes,
+        token: str,
+        sink: Sink,
+        *,
+        timeout: float | None,
+        err_path: str | None,
+        hooks: RunHooks | None = None,
     ) -> RunResult:
         proc = self._proc
         assert proc is not None
@@ -285,6 +336,8 @@ class ShellSession:
         next_sync: float | None = None
         shell_gone_at: float | None = None
         stdout_done_at: float | None = None
+        hooks_started = False
+        next_idle = start
         self._write(line)
 
         def finish(restarted: bool = False) -> RunResult:
@@ -310,6 +363,8 @@ class ShellSession:
             if next_sync is not None and now >= next_sync and not out_parser.done:
                 # ^C flushes type-ahead input, so the trailing marker of an interrupted line never runs:
                 # send ^C, then a line that only prints the markers; repeat until one answers.
+                if hooks is not None:
+                    hooks.interrupting()
                 self._write(b"\x03")
                 self._write(frame_sync(token, err_path))
                 next_sync = now + 0.5
@@ -331,7 +386,18 @@ class ShellSession:
                         raise
                 next_health = now + self.health_interval
 
+            if (
+                hooks is not None and hooks_started and not out_parser.done and not interrupted
+                and now - last_data >= hooks.idle_after and now >= next_idle
+            ):
+                buffer.flush()
+                hooks.idle()
+                next_idle = time.monotonic() + hooks.idle_every
+                continue
+
             waits = [next_health]
+            if hooks is not None and hooks_started and not out_parser.done and not interrupted:
+                waits.append(max(next_idle, last_data + hooks.idle_after))
             for t in (buffer.deadline, cell_deadline, give_up, next_sync):
                 if t is not None:
                     waits.append(t)
@@ -364,6 +430,9 @@ class ShellSession:
                     buffer.add("stdout", text, now)
                 if out_parser.done and stdout_done_at is None:
                     stdout_done_at = now
+                if hooks is not None and not hooks_started and out_parser.started:
+                    hooks_started = True
+                    hooks.started()
             if err_fd is not None and err_fd in ready and err_parser is not None:
                 data = self._read(err_fd)
                 if data:
@@ -373,6 +442,41 @@ class ShellSession:
                 shell_gone_at = now
                 fds.remove(self._pidfd)
             buffer.flush_due(now)
+
+    def send_input(self, data: bytes) -> None:
+        """Type ``data`` into the terminal: the reply to a command that waits for input."""
+        if self._proc is None:
+            raise ShellExited(None, "the shell is not running")
+        self._write(data)
+
+    def query(self, source: str, timeout: float = 1.0) -> tuple[int, str]:
+        """Run a hidden helper command between cells (completion, inspection): ``(status, stdout)``.
+
+        It runs in the shell itself, so it sees the cell's variables, functions, aliases and working
+        directory; stdin is /dev/null and stderr is discarded. ``$?`` is not disturbed: every framed line
+        ends in ``__lxck_post``, so a cell already starts with ``$?`` 0 and a query leaves it 0. If the
+        command outlives ``timeout`` it gets ^C and the shell is resynced, as after an interrupt.
+        """
+        if self._proc is None or self.info is None:
+            raise ShellExited(None, "the shell is not running")
+        token = new_token()
+        line = frame_cell(f"{{ {source}\n}} 2>/dev/null", token)
+        if len(line) > INLINE_LIMIT:
+            raise ValueError("query too long for one line")
+        deadline = time.monotonic() + timeout
+        try:
+            out = self._exchange(line, token, deadline)
+        except ShellTimeout:
+            # ^C flushes type-ahead input, so keep typing the sync line until it answers (LXC-FACTS).
+            sync = new_token()
+            self._write(b"\x03")
+            try:
+                self._exchange(frame_sync(sync), sync, time.monotonic() + INTERRUPT_GRACE, retry=0.3)
+            except ShellTimeout:
+                self.close()
+                raise
+            raise ShellTimeout(f"the helper command did not answer within {timeout:g} s") from None
+        return self._last_status or 0, out.decode("utf-8", "replace")
 
     def _drain_stderr(
         self, parser: CellParser | None, text: TerminalText, buffer: OutputBuffer, now: float
@@ -472,6 +576,26 @@ class ShellSession:
         )
         if proc.returncode != 0:
             raise ShellExited(None, f"uploading the cell failed: {proc.stderr.decode(errors='replace').strip()}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, from /proc (children of lxc-attach include the shell)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def _wait_exit(proc: PtyProcess, timeout: float) -> None:

@@ -67,12 +67,11 @@ class TerminalText:
 
     def _hold_partial(self, text: str) -> str:
         if text[-1] == "\r":
-            self._pending = "\r"
-            return text[:-1]
-        esc = text.rfind("\x1b", max(0, len(text) - _MAX_PENDING))
-        csi8 = text.rfind("\x9b", max(0, len(text) - 64))
-        start = max(esc, csi8)
-        if start < 0:
+            # A run of \r may still be the start of \r\n (or \r\r\n): decide when more arrives.
+            head = text.rstrip("\r")
+            self._pending = text[len(head) :]
+            return head
+        if "\x1b" not in text[-_MAX_PENDING:] and "\x9b" not in text[-64:]:
             return text
         # An OSC whose terminator ESC is the last char: search from the earliest candidate.
         m = _PARTIAL.search(text, max(0, len(text) - _MAX_PENDING))

@@ -241,13 +241,13 @@ def test_interrupt_stops_the_command_and_keeps_the_shell(kernel: Kernel) -> None
 
 def test_ten_interrupts_in_a_row(kernel: Kernel) -> None:
     for _ in range(10):
-        reply, took, _ = _interrupt_after(kernel, "sleep 100", delay=0.1)
+        reply, _, _ = _interrupt_after(kernel, "sleep 100", delay=0.1)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert kernel.execute("echo usable").stream() == "usable\n"
 
 
 def test_interrupt_a_builtin_loop(kernel: Kernel) -> None:
-    reply, took, _ = _interrupt_after(kernel, "while :; do :; done")
+    reply, _, _ = _interrupt_after(kernel, "while :; do :; done")
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert kernel.execute("echo ok").stream() == "ok\n"
 

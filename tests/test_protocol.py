@@ -1,0 +1,132 @@
+"""Pure tests of the framing and the incremental marker parser: no shell, no container."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lxc_kernel.protocol import CellParser, Handshake, ShellScript, frame_cell, frame_sync, new_token, printf_format
+
+TOKEN = "0123456789abcdef"
+OLD = "fedcba9876543210"
+
+
+def start(token: str = TOKEN) -> bytes:
+    return f"<<lxck:{token}:S>>".encode()
+
+
+def end(status: int, token: str = TOKEN) -> bytes:
+    return f"<<lxck:{token}:E{status}>>".encode()
+
+
+STREAM = (
+    b"prompt$ " + end(0, OLD) + b"junk" + start()
+    + b"out <<lxck: not a marker\n" + end(0, OLD) + b"<<lxck:" + TOKEN.encode() + b"x"[:0]
+    + start() + b"tail" + end(130) + b"after"
+)
+EXPECTED = b"out <<lxck: not a marker\n" + end(0, OLD) + b"<<lxck:" + TOKEN.encode() + b"tail"
+
+
+def feed_all(parser: CellParser, chunks: list[bytes]) -> bytes:
+    return b"".join(parser.feed(c) for c in chunks)
+
+
+def test_whole_stream() -> None:
+    p = CellParser(TOKEN)
+    # a prefix of our own marker followed by a repeated start marker is dropped cleanly
+    stream = b"junk" + start() + b"hello" + start() + b" world" + end(130) + b"after"
+    assert p.feed(stream) == b"hello world"
+    assert p.status == 130
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 7, 13, 64])
+def test_split_at_every_offset(step: int) -> None:
+    stream = b"pre" + end(0, OLD) + start() + b"a<<b" + end(0, OLD) + b"<<lxck:" + start() + b"c\n" + end(7) + b"x"
+    for offset in range(step):
+        p = CellParser(TOKEN)
+        chunks = [stream[:offset]] + [stream[i : i + step] for i in range(offset, len(stream), step)]
+        out = feed_all(p, chunks)
+        assert p.status == 7
+        assert out == b"a<<b" + end(0, OLD) + b"<<lxck:c\n", (step, offset)
+
+
+def test_marker_split_at_every_offset_two_chunks() -> None:
+    stream = start() + b"data" + end(42)
+    for cut in range(len(stream) + 1):
+        p = CellParser(TOKEN)
+        assert p.feed(stream[:cut]) + p.feed(stream[cut:]) == b"data"
+        assert p.status == 42
+
+
+def test_previous_cells_marker_is_output() -> None:
+    p = CellParser(TOKEN)
+    assert p.feed(start() + end(0, OLD) + start(OLD) + b"\n") == end(0, OLD) + start(OLD) + b"\n"
+    assert not p.done
+
+
+def test_malformed_status_with_our_token_fails_closed() -> None:
+    p = CellParser(TOKEN)
+    p.feed(start() + b"x<<lxck:" + TOKEN.encode() + b":Eabc>>")
+    assert p.status == 255
+
+
+def test_no_start_marker_discards_and_bounds_memory() -> None:
+    p = CellParser(TOKEN)
+    for _ in range(1000):
+        assert p.feed(b"x" * 1000) == b""
+    assert len(p._buf) < 64
+
+
+def test_output_before_end_is_released_promptly() -> None:
+    p = CellParser(TOKEN)
+    assert p.feed(start() + b"abc") == b"abc"
+    assert p.feed(b"def<") == b"def"  # only the possible marker prefix is held
+    assert p.feed(b"x") == b"<x"
+
+
+def test_tokens_are_fresh_and_long() -> None:
+    tokens = {new_token() for _ in range(100)}
+    assert len(tokens) == 100 and all(len(t) == 16 for t in tokens)
+
+
+def test_typed_line_never_contains_the_whole_token() -> None:
+    token = new_token()
+    for line in (
+        frame_cell("echo hi", token),
+        frame_cell(None, token, script_path="/tmp/.lxck.abcd/cell", stderr_path="/tmp/.lxck.abcd/err"),
+        frame_sync(token, "/tmp/.lxck.abcd/err"),
+        ShellScript.probe(token),
+        ShellScript.bootstrap(token),
+    ):
+        assert token.encode() not in line
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+
+
+def test_printf_format_is_printable_ascii_and_round_trips() -> None:
+    source = "echo 'q' \"d\" \\ % ! \t tab\nnew ü € \x01 end"
+    fmt = printf_format(source)
+    assert all(32 <= ord(ch) < 127 for ch in fmt)
+    assert not set("'%!") & set(fmt.replace("\\047", "").replace("\\045", "").replace("\\041", ""))
+    decoded = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fmt.encode())
+    assert decoded == source.encode()
+
+
+def test_frame_refuses_unsafe_paths() -> None:
+    with pytest.raises(ValueError):
+        frame_cell(None, TOKEN, script_path="/tmp/x'; rm -rf /")
+    with pytest.raises(ValueError):
+        frame_cell("true", TOKEN, stderr_path="/etc/passwd")
+
+
+def test_stdin_null_is_optional() -> None:
+    assert b"</dev/null" in frame_cell("true", TOKEN)
+    assert b"</dev/null" not in frame_cell("true", TOKEN, stdin_null=False)
+
+
+def test_handshake_parse() -> None:
+    info = Handshake.parse(b"5.2.15(1)-release\n42\n/tmp/.lxck.AbC123\n")
+    assert info == Handshake("5.2.15(1)-release", 42, "/tmp/.lxck.AbC123") and info.shell.startswith("bash")
+    assert Handshake.parse(b"\n7\n/tmp/.lxck.xyzw12\n").shell == "sh"
+    with pytest.raises(ValueError):
+        Handshake.parse(b"\n7\n/tmp/../etc\n")

@@ -12,9 +12,11 @@ from ipykernel.kernelbase import Kernel
 from traitlets import Bool, Dict, Enum, Float, List, Unicode
 
 from . import __version__
+from .assist import Assistant
 from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
+from .complete import is_complete
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
-from .lxc import ADVICE, Container, State, Tools
+from .lxc import ADVICE, Container, State, Tools, list_names
 from .session import RunResult, ShellSession
 from .users import resolve_user
 
@@ -225,6 +227,35 @@ class LXCKernel(Kernel):
         content = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
         self.send_response(self.iopub_socket, "error", content)
         return {"status": "error", "execution_count": self.execution_count, **content}
+
+    # -- completion, inspection, is_complete (issue 4) ----------------------------------------------
+    @property
+    def assistant(self) -> Assistant:
+        if getattr(self, "_assistant", None) is None:
+            self._assistant = Assistant(self._live_session, lambda: list_names(self.tools))
+        return self._assistant
+
+    def _live_session(self) -> ShellSession | None:
+        """The shell for a completion or inspection: attach lazily, but never fail the request."""
+        try:
+            return self.ensure_session()
+        except LxcKernelError:
+            return None
+
+    def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
+        return self.assistant.complete(code, len(code) if cursor_pos is None else cursor_pos)
+
+    def do_inspect(  # type: ignore[override]
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
+        return self.assistant.inspect(code, len(code) if cursor_pos is None else cursor_pos, detail_level)
+
+    def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
+        verdict = is_complete(code)
+        reply: dict[str, Any] = {"status": verdict.status}
+        if verdict.status == "incomplete":
+            reply["indent"] = verdict.indent
+        return reply
 
     # -- shutdown -------------------------------------------------------------------------------
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]

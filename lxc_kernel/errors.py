@@ -15,6 +15,11 @@ class ConfigError(LxcKernelError):
 
 class LxcNotInstalled(LxcKernelError):
     def __init__(self, tool: str) -> None:
+        if tool.rsplit("/", 1)[-1] == "sudo":
+            # `%attach sudo on` on a host without sudo: not an LXC problem.
+            super().__init__("sudo is not installed, so lxc-* cannot run through `sudo -n`: "
+                             "install it (`apt-get install sudo`) or turn it off (`%attach sudo off`).")
+            return
         super().__init__(
             f"LXC is not installed: {tool!r} was not found on PATH. "
             "Install it with `apt-get install lxc` (Debian/Ubuntu)."

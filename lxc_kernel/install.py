@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", metavar="P", help="install under prefix P")
     p.add_argument("--name", help="kernelspec name (default: lxc-CONTAINER)")
     p.add_argument("--display-name", help="name shown in Jupyter (default: 'LXC: CONTAINER')")
-    p.add_argument("--container", required=True, help="container the shell runs in")
+    p.add_argument("--container", help="container the shell runs in (required unless --ephemeral)")
     p.add_argument("--lxcpath", help="LXC path (lxc-* -P)")
     p.add_argument("--attach-user", metavar="NAME|UID[:GID]", help="attach as this user")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set a variable (repeatable)")
@@ -72,13 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colors", action="store_true", help="keep colour codes in output")
     p.add_argument("--stderr", choices=["separate", "merged"], help="stderr as its own stream or merged")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="per-cell time limit")
+    p.add_argument("--create-missing", nargs="?", const="busybox", choices=["busybox", "hostfs", "debian"],
+                   metavar="KIND", help="create the container of KIND (default busybox) if it doesn't exist, "
+                   "and start it")
+    p.add_argument("--start-stopped", action="store_true", help="start the container if it is stopped")
+    p.add_argument("--ephemeral", metavar="BASE",
+                   help="each kernel runs in its own throwaway overlay copy of BASE (lxc-copy -e)")
     p.add_argument("--interrupt-mode", choices=["signal", "message"], default="signal")
     return p
 
 
 def traits_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every option as the kernel would, and map it to LXCKernel trait values."""
-    traits: dict[str, Any] = {"container": validate_name(args.container)}
+    if not args.container and not args.ephemeral:
+        raise ConfigError("--container is required (or --ephemeral BASE)")
+    traits: dict[str, Any] = {"container": validate_name(args.container or args.ephemeral)}
+    if args.ephemeral:
+        traits["ephemeral"] = validate_name(args.ephemeral, "ephemeral base")
+    if args.create_missing:
+        traits["create_missing"] = args.create_missing
+    if args.start_stopped:
+        traits["start_stopped"] = True
     if args.lxcpath:
         traits["lxcpath"] = validate_path(args.lxcpath, "lxcpath")
     if args.attach_user:
@@ -129,12 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    name = args.name or f"lxc-{args.container}".lower()
+    name = args.name or f"lxc-{args.container or args.ephemeral + '-eph'}".lower()
     if not all(ch.isalnum() or ch in "._-" for ch in name):
         print(f"error: invalid kernelspec name {name!r}", file=sys.stderr)
         return 2
     spec = kernel_spec(
-        display_name=args.display_name or f"LXC: {args.container}",
+        display_name=args.display_name or (f"LXC: {args.container}" if args.container
+                                           else f"LXC: ephemeral copy of {args.ephemeral}"),
         python=sys.executable,
         traits=traits,
         interrupt_mode=args.interrupt_mode,

@@ -11,12 +11,13 @@ from typing import Any, ClassVar
 from ipykernel.kernelbase import Kernel
 from traitlets import Bool, Dict, Enum, Float, List, Unicode
 
-from . import __version__
+from . import __version__, ephemeral
 from .assist import Assistant
 from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
 from .complete import is_complete
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
 from .lxc import ADVICE, Container, State, Tools, list_names
+from .magics import run_magics, split_cell
 from .session import RunResult, ShellSession
 from .users import resolve_user
 
@@ -84,11 +85,27 @@ class LXCKernel(Kernel):
     term = Unicode("xterm-256color", help="TERM inside the shell.").tag(config=True)
     cell_timeout = Float(0.0, help="Per-cell time limit in seconds; 0 for none.").tag(config=True)
     startup_timeout = Float(15.0, help="Seconds allowed for the shell to start.").tag(config=True)
+    create_missing = Unicode(
+        "",
+        help="When the container does not exist, create it of this kind (busybox, hostfs, debian) and start "
+        "it; empty to report it missing instead. Implies start_stopped.",
+    ).tag(config=True)
+    start_stopped = Bool(False, help="Start the container when it is stopped (and unfreeze it when frozen).").tag(
+        config=True
+    )
+    ephemeral = Unicode(
+        "",
+        help="BASE: run in a throwaway overlay copy of container BASE (lxc-copy -e), named "
+        "BASE-eph-<kernel pid>-<random> and destroyed at shutdown and restart; `container` is then ignored.",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.shell_session: ShellSession | None = None
         self._options: AttachOptions | None = None
+        self._ephemeral_copy: Container | None = None
+        if self.ephemeral:
+            self._cleanup_ephemeral_orphans()
 
     # -- attach ---------------------------------------------------------------------------------
     @property
@@ -124,6 +141,7 @@ class LXCKernel(Kernel):
         if self.shell_session is not None and self.shell_session.alive:
             return self.shell_session
         self.close_session()
+        self.prepare_container()
         options = self.attach_options()
         container = self.target()
         container.require_running()
@@ -178,6 +196,9 @@ class LXCKernel(Kernel):
             return self._error(type(exc).__name__, f"internal error: {exc}")
 
     def _execute(self, code: str, silent: bool) -> dict[str, Any]:
+        magic_lines, code = split_cell(code)
+        if magic_lines and (failed := self._run_magics(magic_lines, silent)) is not None:
+            return failed
         if not code.strip():
             return self._ok()
         session = self.ensure_session()
@@ -214,6 +235,69 @@ class LXCKernel(Kernel):
             err = ContainerNotReady(self.container, state.value, f"the shell ended with it. To continue, {advice}")
             return self._error("ContainerNotReady", str(err))
         return self._error("ShellExited", f"{exc} The next cell starts a fresh shell.")
+
+    # -- magics and container preparation (issue 3) ---------------------------------------------
+    def _run_magics(self, lines: list[str], silent: bool) -> dict[str, Any] | None:
+        """Run a cell's leading magics; an error reply if one fails (the shell code then doesn't run).
+
+        A failed magic keeps the shell: nothing in it went wrong, so its state stays (unlike a
+        failed attach in do_execute, which closes the session).
+        """
+        self._magic_silent = silent
+        try:
+            run_magics(self, lines)
+        except LxcKernelError as exc:
+            return self._error(type(exc).__name__, str(exc))
+        return None
+
+    def emit_text(self, text: str, stream: str = "stdout") -> None:
+        if not getattr(self, "_magic_silent", False):
+            self._stream(stream, text)
+
+    def emit_display(self, data: dict[str, str]) -> None:
+        if not getattr(self, "_magic_silent", False):
+            self.send_response(self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}})
+
+    def prepare_container(self) -> None:
+        """Before attaching: make the ephemeral copy, or create/start the container when configured to."""
+        if self.ephemeral and self._ephemeral_copy is None:
+            copy = ephemeral.create(self.ephemeral, self.tools, timeout=self.startup_timeout)
+            self._ephemeral_copy = copy
+            self.container = copy.name
+            self._stream("stderr", f"ephemeral container {copy.name} (a copy of {self.ephemeral}, "
+                                   "destroyed when this kernel stops)\n")
+            return
+        if not (self.create_missing or self.start_stopped):
+            return
+        container = self.target()
+        state = container.state()
+        if state is State.MISSING and self.create_missing:
+            from .provision import provision
+
+            done = provision(container.name, self.create_missing, start=True, tools=self.tools)
+            self._stream("stderr", f"created container {container.name} ({self.create_missing}) "
+                                   f"in {done.seconds:.2f} s\n")
+        elif state in (State.STOPPED, State.FROZEN):
+            reached = container.start(self.startup_timeout) if state is State.STOPPED else container.unfreeze()
+            self._stream("stderr", f"container {container.name} was {state.value}, now {reached.value}\n")
+
+    def _cleanup_ephemeral_orphans(self) -> None:
+        # Copies whose kernel was SIGKILLed: nobody else will ever remove them.
+        try:
+            removed = ephemeral.cleanup_orphans(self.ephemeral, self.tools)
+        except LxcKernelError as exc:
+            log.warning("could not clean up orphaned ephemeral copies of %s: %s", self.ephemeral, exc)
+            return
+        if removed:
+            log.warning("removed ephemeral copies left by dead kernels: %s", ", ".join(removed))
+
+    def _remove_ephemeral_copy(self) -> None:
+        copy, self._ephemeral_copy = self._ephemeral_copy, None
+        if copy is not None:
+            try:
+                ephemeral.remove(copy)
+            except LxcKernelError as exc:
+                log.warning("could not remove ephemeral copy %s: %s", copy.name, exc)
 
     # -- replies --------------------------------------------------------------------------------
     def _stream(self, name: str, text: str) -> None:
@@ -260,6 +344,7 @@ class LXCKernel(Kernel):
     # -- shutdown -------------------------------------------------------------------------------
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         self.close_session()
+        self._remove_ephemeral_copy()
         return {"status": "ok", "restart": restart}
 
 

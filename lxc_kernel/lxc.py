@@ -190,6 +190,19 @@ class Container:
     def start(self, timeout: float = 10.0) -> State:
         # `lxc-start -d` daemonizes with its log file still open, so `-o /dev/stderr` kept our stderr
         # pipe open until the container stopped and subprocess.run hung: log to a file, read it back.
+        configured = self._configured_log_file()
+        if configured:
+            # `-o` would override the container's own lxc.log.file (measured), and `%lxc log` reads that.
+            offset = os.path.getsize(configured) if os.path.exists(configured) else 0
+            args = ["-n", self.name, "-d"]
+            proc = self.tools.run("lxc-start", *args, timeout=timeout + 5, check=False, log=False)
+            if proc.returncode != 0:
+                with open(configured, errors="replace") as fh:
+                    fh.seek(offset)
+                    said = fh.read()[-4000:]
+                raise LxcCommandError(self.tools.argv("lxc-start", *args, log=False), proc.returncode,
+                                      said or proc.stderr)
+            return self.wait(State.RUNNING, timeout)
         with tempfile.NamedTemporaryFile("r", prefix="lxck-start-", suffix=".log") as log:
             args = ["-n", self.name, "-d", "-l", "ERROR", "-o", log.name]
             proc = self.tools.run("lxc-start", *args, timeout=timeout + 5, check=False, log=False)
@@ -201,7 +214,14 @@ class Container:
     def stop(self, kill: bool = False, timeout: float = 30.0) -> State:
         args = ["-k"] if kill else ["-t", str(max(1, int(timeout)))]
         self.run("lxc-stop", *args, timeout=timeout + 10)
-        return self.wait(State.STOPPED, 5.0)
+        # An ephemeral container (lxc.ephemeral = 1) is destroyed as it stops: MISSING is stopped too,
+        # and waiting for STOPPED would sit out the whole deadline.
+        deadline = time.monotonic() + 5.0
+        state = self.state()
+        while state not in (State.STOPPED, State.MISSING) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = self.state()
+        return state
 
     def freeze(self, timeout: float = 10.0) -> State:
         self.run("lxc-freeze", timeout=timeout)
@@ -222,6 +242,151 @@ class Container:
     def config_path(self) -> str:
         base = self.tools.lxcpath or _default_lxcpath()
         return os.path.join(base, self.name, "config")
+
+    def _configured_log_file(self) -> str:
+        """``lxc.log.file`` as written in the config file (read directly: no tool run per start)."""
+        try:
+            with open(self.config_path()) as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            return ""
+        values = [line.split("=", 1)[1].strip() for line in lines
+                  if "=" in line and line.split("=", 1)[0].strip() == "lxc.log.file"]
+        return values[-1] if values else ""
+
+    def restart(self, kill: bool = False, timeout: float = 30.0) -> State:
+        if self.state() is not State.STOPPED:
+            self.stop(kill=kill, timeout=timeout)
+        return self.start(timeout=min(timeout, 30.0))
+
+    # -- facts --------------------------------------------------------------------------------
+    def info(self) -> ContainerInfo:
+        """``lxc-info -H``: state, init PID, CPU (ns), memory (bytes) and IPs, as numbers."""
+        proc = self.run("lxc-info", "-H", timeout=10)
+        return ContainerInfo.parse(self.name, proc.stdout)
+
+    def config_get(self, key: str) -> str:
+        """The value of one config key as LXC reads it (``lxc-info -c KEY``; also for a stopped container)."""
+        validate_config_key(key)
+        proc = self.run("lxc-info", "-c", key, timeout=10)
+        out = proc.stdout.strip()
+        # lxc-info exits 0 for a key it doesn't know: its complaint is on stderr, and stdout lacks "KEY =".
+        if not out.startswith(f"{key} ="):
+            said = (proc.stderr.strip() + "\n" + out).strip() or "no output"
+            raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name, "-c", key), 0, said)
+        return out.partition("=")[2].strip()
+
+    def config_set(self, key: str, value: str) -> None:
+        """Write ``KEY = VALUE`` into the container's config file, replacing earlier lines of the key.
+
+        LXC reads the file at start, so this takes effect at the next start (cgroup limits: see cgroup()).
+        """
+        validate_config_key(key)
+        validate_config_value(value)
+        path = self.config_path()
+        try:
+            with open(path) as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            raise ContainerNotReady(self.name, State.MISSING.value, "it has no config file") from None
+        lines = text.splitlines()
+        where = [i for i, line in enumerate(lines) if line.split("=", 1)[0].strip() == key and "=" in line
+                 and not line.lstrip().startswith("#")]
+        new = f"{key} = {value}"
+        if where:
+            lines[where[0]] = new
+            for i in reversed(where[1:]):
+                del lines[i]
+        else:
+            lines.append(new)
+        tmp = f"{path}.lxck-tmp"
+        mode = os.stat(path).st_mode & 0o7777
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+
+    def log_file(self) -> str:
+        """Where this container's LXC log goes: ``lxc.log.file``, else NAME.log in its directory (where
+        ``%lxc log --level`` puts it)."""
+        try:
+            configured = self.config_get("lxc.log.file")
+        except LxcCommandError:
+            configured = ""
+        return configured or os.path.join(os.path.dirname(self.config_path()), f"{self.name}.log")
+
+    # -- snapshots and copies ------------------------------------------------------------------
+    def snapshots(self) -> list[Snapshot]:
+        """``lxc-snapshot -L -C``: name, directory, time and comment of each snapshot."""
+        out = self.run("lxc-snapshot", "-L", "-C", timeout=30).stdout
+        return Snapshot.parse_list(out)
+
+    def snapshot(self, comment: str | None = None, timeout: float = 600.0) -> str:
+        """Take a snapshot (the container must be STOPPED: lxc-snapshot fails otherwise); return its name."""
+        before = {s.name for s in self.snapshots()}
+        if comment:
+            with tempfile.NamedTemporaryFile("w", prefix="lxck-comment-", suffix=".txt") as fh:
+                fh.write(comment + "\n")
+                fh.flush()
+                self.run("lxc-snapshot", "-c", fh.name, timeout=timeout)
+        else:
+            self.run("lxc-snapshot", timeout=timeout)
+        new = [s.name for s in self.snapshots() if s.name not in before]
+        return new[-1] if new else "?"
+
+    def restore(self, snapshot: str, new_name: str | None = None, timeout: float = 600.0) -> Container:
+        """Restore ``snapshot`` over this container (STOPPED), or as a new container ``new_name``."""
+        validate_name(snapshot, "snapshot name")
+        args = ["-r", snapshot]
+        if new_name is not None:
+            args += ["-N", validate_name(new_name)]
+        self.run("lxc-snapshot", *args, timeout=timeout)
+        return Container(new_name, self.tools) if new_name else self
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        validate_name(snapshot, "snapshot name")
+        self.run("lxc-snapshot", "-d", snapshot, timeout=120)
+
+    def copy(self, new_name: str, *, overlay: bool = False, allow_running: bool = False,
+             timeout: float = 600.0) -> Container:
+        """``lxc-copy -N NEW``: a full copy, or with ``overlay`` a copy-on-write overlay clone (``-s -B overlay``)."""
+        validate_name(new_name)
+        args = ["-N", new_name]
+        if overlay:
+            args += ["-s", "-B", "overlay"]
+        if allow_running:
+            args.append("-a")
+        self.run("lxc-copy", *args, timeout=timeout)
+        return Container(new_name, self.tools)
+
+    def ephemeral_copy(self, new_name: str, *, allow_running: bool = False, timeout: float = 30.0) -> Container:
+        """``lxc-copy -e``: a started overlay copy that LXC destroys as soon as it stops (lxc.ephemeral = 1)."""
+        validate_name(new_name)
+        args = ["-n", self.name, "-N", new_name, "-e", "-d", "-B", "overlay"]
+        if allow_running:
+            args.append("-a")
+        # lxc-copy -e starts the copy daemonized, which keeps a /dev/stderr log target open (and our pipe
+        # with it) for the container's lifetime, as lxc-start -d does: log to a file and read it back.
+        with tempfile.NamedTemporaryFile("r", prefix="lxck-copy-", suffix=".log") as log:
+            args += ["-l", "ERROR", "-o", log.name]
+            proc = self.tools.run("lxc-copy", *args, timeout=timeout + 5, check=False, log=False)
+            if proc.returncode != 0:
+                raise LxcCommandError(self.tools.argv("lxc-copy", *args, log=False), proc.returncode,
+                                      log.read() or proc.stderr)
+        copy = Container(new_name, self.tools)
+        copy.wait(State.RUNNING, timeout)
+        return copy
+
+    def clones(self) -> list[str]:
+        """Names of the overlay clones that depend on this container (LXC refuses to destroy it then)."""
+        path = os.path.join(os.path.dirname(self.config_path()), "lxc_snapshots")
+        try:
+            with open(path) as fh:
+                lines = [line.strip() for line in fh if line.strip()]
+        except OSError:
+            return []
+        # The file holds "lxcpath\nname\n" pairs, one per clone.
+        return lines[1::2]
 
 
 def _default_lxcpath() -> str:
@@ -245,3 +410,123 @@ def quote_args(argv: Sequence[str]) -> str:
     import shlex
 
     return shlex.join(argv)
+
+
+# -- values parsed from the tools' output ------------------------------------------------------
+
+_CONFIG_KEY_RE = re.compile(r"lxc(\.[A-Za-z0-9_-]+)+")
+
+
+def validate_config_key(key: str) -> str:
+    """lxc.container.conf(5) keys: ``lxc.`` then dotted words (``lxc.cgroup.memory.limit_in_bytes``)."""
+    if not _CONFIG_KEY_RE.fullmatch(key):
+        raise ConfigError(f"invalid config key {key!r}: keys look like lxc.apparmor.profile")
+    return key
+
+
+def validate_config_value(value: str) -> str:
+    # One config line per value: a newline would smuggle in another key.
+    if any(ch in value for ch in "\n\r\0"):
+        raise ConfigError("a config value must be a single line")
+    return value
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    state: State
+    pid: int | None = None
+    cpu_ns: int | None = None
+    memory_bytes: int | None = None
+    ips: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> ContainerInfo:
+        """Pure: parse ``lxc-info -H`` (``Key:   value`` lines; ``IP:`` repeats)."""
+        fields: dict[str, str] = {}
+        ips: list[str] = []
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            if not sep:
+                continue
+            key, value = key.strip(), value.strip()
+            if key == "IP":
+                ips.append(value)
+            else:
+                fields.setdefault(key, value)
+
+        def number(key: str) -> int | None:
+            value = fields.get(key, "")
+            return int(value) if value.isdigit() else None
+
+        try:
+            state = State(fields.get("State", "MISSING"))
+        except ValueError:
+            state = State.MISSING
+        return cls(name, state, number("PID"), number("CPU use"), number("Memory use"), tuple(ips))
+
+
+_SNAPSHOT_RE = re.compile(r"(?P<name>\S+) \((?P<path>[^)]*)\) (?P<time>\d{4}:\d\d:\d\d \d\d:\d\d:\d\d)")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    path: str
+    time: str
+    comment: str = ""
+
+    @classmethod
+    def parse_list(cls, text: str) -> list[Snapshot]:
+        """Pure: parse ``lxc-snapshot -L -C`` (a header line per snapshot, comment lines after it)."""
+        snaps: list[Snapshot] = []
+        comment: list[str] = []
+        for line in text.splitlines():
+            m = _SNAPSHOT_RE.fullmatch(line.strip())
+            if m:
+                if snaps and comment:
+                    snaps[-1] = Snapshot(snaps[-1].name, snaps[-1].path, snaps[-1].time, "\n".join(comment))
+                comment = []
+                snaps.append(cls(m["name"], m["path"], m["time"]))
+            elif line.strip() and line.strip() != "No snapshots" and snaps:
+                comment.append(line.strip())
+        if snaps and comment:
+            snaps[-1] = Snapshot(snaps[-1].name, snaps[-1].path, snaps[-1].time, "\n".join(comment))
+        return snaps
+
+
+LIST_COLUMNS = ("NAME", "STATE", "PID", "RAM", "SWAP", "AUTOSTART", "GROUPS", "INTERFACE", "IPV4", "IPV6",
+                "UNPRIVILEGED")
+
+
+def parse_fancy(text: str) -> list[dict[str, str]]:
+    """Pure: parse ``lxc-ls -f`` output. Columns are left-aligned under their headers, so each value
+    starts where its header does (values like ``10.0.3.5, 10.0.3.6`` contain spaces)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    rows = []
+    for line in lines[1:]:
+        row = {}
+        for i, name in enumerate(names):
+            end = starts[i + 1] if i + 1 < len(starts) else None
+            row[name] = line[starts[i] : end].strip()
+        rows.append(row)
+    return rows
+
+
+def list_containers(tools: Tools | None = None, columns: Sequence[str] = LIST_COLUMNS) -> list[dict[str, str]]:
+    """Every container with the given ``lxc-ls -f -F`` columns, as dicts keyed by column name."""
+    for column in columns:
+        if column not in LIST_COLUMNS:
+            raise ConfigError(f"unknown lxc-ls column {column!r}: choose from {', '.join(LIST_COLUMNS)}")
+    proc = (tools or Tools()).run("lxc-ls", "-f", "-F", ",".join(columns), log=False, timeout=30)
+    return parse_fancy(proc.stdout)
+
+
+def cgroup_v2() -> bool:
+    """True on a unified (v2-only) cgroup host, where limits have other key names (memory.max, cpu.max)."""
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")

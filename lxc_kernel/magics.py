@@ -1,0 +1,1175 @@
+"""Line magics (``%lxc``, ``%attach``, ``%timeout``...): an explicit registry where each docstring is the help.
+
+A cell's leading lines that start with ``%`` and a letter are magics; the rest of the cell is shell code
+that runs after them (``%1`` stays shell job syntax). Each magic gets the kernel as a :class:`Host` and its
+arguments as an argv (``shlex`` split, never passed to a shell). Parsers raise :class:`UsageError` with the
+usage instead of exiting. The same docstrings are ``%help``, ``%MAGIC --help`` and the README's magics
+section (``python -m lxc_kernel.magics --markdown`` prints it; a test checks the README has it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import inspect
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+from . import transfer
+from .attach import ELEVATED, NAMESPACES, AttachOptions, parse_flags, validate_env_name
+from .errors import ConfigError, LxcCommandError, LxcKernelError
+from .lxc import (
+    Container,
+    State,
+    Tools,
+    cgroup_v2,
+    list_containers,
+    validate_config_key,
+    validate_config_value,
+    validate_name,
+    validate_path,
+)
+
+# -- errors and parsing ---------------------------------------------------------------------------
+
+
+class UsageError(ConfigError):
+    """Bad arguments to a magic; the message ends with the usage. Nothing ran."""
+
+
+class UnknownMagic(ConfigError):
+    pass
+
+
+class MagicFailed(LxcKernelError):
+    """A magic could not do what was asked; the message says why and what to do instead."""
+
+
+class MagicParser(argparse.ArgumentParser):
+    """argparse that raises UsageError: in Python 3.11 it still exits on unknown arguments even with
+    ``exit_on_error=False``, which would end the kernel."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("add_help", False)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}\n{self.format_usage().strip()}\n(see `{self.prog} --help`)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise UsageError(message or f"{self.prog}: exit {status}")
+
+
+# Leading `%name` lines; `%1` (job control) and `%%` are not magics.
+_MAGIC_LINE = re.compile(r"\s*%([A-Za-z][A-Za-z0-9_-]*)(?:\s|$)")
+
+
+def split_cell(code: str) -> tuple[list[str], str]:
+    """Pure: the leading magic lines (without ``%``) and the shell code after them.
+
+    Blank lines between magics are skipped; the first other line starts the shell code, which is
+    returned unchanged from that line on.
+    """
+    lines = code.splitlines(keepends=True)
+    magics: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+            continue
+        if not _MAGIC_LINE.match(line):
+            break
+        magics.append(line.strip()[1:])
+        i += 1
+    if not magics:
+        return [], code
+    return magics, "".join(lines[i:])
+
+
+# -- the host: what a magic may use of the kernel ---------------------------------------------------
+
+
+class Host(Protocol):
+    """The kernel as magics see it: its option traits, its session, and where output goes."""
+
+    container: str
+    lxcpath: str
+    user: str
+    env: dict[str, str]
+    keep_env: list[str]
+    cwd: str
+    shell_path: str
+    namespaces: str
+    elevated: str
+    remount_sys_proc: bool
+    sudo: bool
+    colors: bool
+    stderr: str
+    cell_timeout: float
+    ephemeral: str
+
+    @property
+    def tools(self) -> Tools: ...
+
+    @property
+    def shell_session(self) -> Any: ...
+
+    def target(self) -> Container: ...
+
+    def attach_options(self) -> AttachOptions: ...
+
+    def ensure_session(self) -> Any: ...
+
+    def close_session(self) -> None: ...
+
+    def emit_text(self, text: str, stream: str = "stdout") -> None: ...
+
+    def emit_display(self, data: dict[str, str]) -> None: ...
+
+
+# -- the registry -------------------------------------------------------------------------------------
+
+MagicFunc = Callable[[Host, list[str]], None]
+
+
+@dataclass(frozen=True)
+class Magic:
+    name: str
+    func: MagicFunc
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.func.__doc__ or "")
+
+    @property
+    def summary(self) -> str:
+        return self.doc.splitlines()[0] if self.doc else ""
+
+
+REGISTRY: dict[str, Magic] = {}
+
+
+def magic(name: str) -> Callable[[MagicFunc], MagicFunc]:
+    def register(func: MagicFunc) -> MagicFunc:
+        REGISTRY[name] = Magic(name, func)
+        return func
+
+    return register
+
+
+def known() -> str:
+    return ", ".join(f"%{name}" for name in REGISTRY)
+
+
+def run_line(host: Host, line: str) -> None:
+    """Run one magic line (without its ``%``)."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"%{line.strip()}: {exc}") from None
+    name, args = argv[0], argv[1:]
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise UnknownMagic(f"unknown magic %{name}. Known magics: {known()}. `%help MAGIC` explains one.")
+    before_dashdash = args[: args.index("--")] if "--" in args else args
+    if "--help" in before_dashdash or "-h" in before_dashdash:
+        host.emit_text(entry.doc + "\n")
+        return
+    entry.func(host, args)
+
+
+def run_magics(host: Host, lines: Sequence[str]) -> None:
+    """Run magic lines in order; the first failure raises and the rest (and the shell code) don't run."""
+    for line in lines:
+        run_line(host, line)
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def _say(host: Host, text: str) -> None:
+    host.emit_text(text.rstrip("\n") + "\n")
+
+
+def _container(host: Host, name: str | None) -> Container:
+    """The named container, or the kernel's own; the name is validated before any lxc-* runs."""
+    return Container(validate_name(name) if name else host.container, host.tools)
+
+
+def _is_attached(host: Host, ct: Container) -> bool:
+    return ct.name == host.container
+
+
+def _timed(action: Callable[[], State]) -> tuple[State, float]:
+    t0 = time.monotonic()
+    state = action()
+    return state, time.monotonic() - t0
+
+
+def _expect(ct: Container, reached: State, wanted: State, seconds: float, what: str) -> str:
+    if reached is not wanted:
+        raise MagicFailed(f"{what} {ct.name}: it is {reached.value}, not {wanted.value}, after {seconds:.1f} s")
+    return f"container {ct.name}: {reached.value} ({seconds:.2f} s)"
+
+
+def _require_state(ct: Container, *allowed: State) -> State:
+    state = ct.state()
+    if state is State.MISSING:
+        raise MagicFailed(f"container {ct.name!r} does not exist (see `%lxc list`)")
+    if allowed and state not in allowed:
+        raise MagicFailed(f"container {ct.name!r} is {state.value}; this needs it "
+                          f"{' or '.join(s.value for s in allowed)}")
+    return state
+
+
+def _size(text: str) -> int:
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return -1
+
+
+def _human_bytes(value: int | None) -> str:
+    if value is None:
+        return "?"
+    if value < 0 or value >= 2**62:
+        return "unlimited"
+    return transfer.format_size(value)
+
+
+def _table(rows: list[dict[str, str]], columns: Sequence[str], mark: str | None = None) -> tuple[str, str]:
+    """A plain-text and an HTML rendering of ``rows``; the row whose NAME is ``mark`` gets a ``*``."""
+    cells = [[("* " if r.get("NAME") == mark else "  ") + r.get("NAME", "")] + [r.get(c, "") for c in columns[1:]]
+             for r in rows]
+    widths = [max([len(c) + (2 if i == 0 else 0)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    head = "  ".join(("  " + c if i == 0 else c).ljust(widths[i]) for i, c in enumerate(columns))
+    text = "\n".join([head.rstrip()] + ["  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip()
+                                        for row in cells])
+    ths = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    trs = "".join(
+        "<tr>" + "".join(
+            f"<td>{'<b>' if r.get('NAME') == mark and c == 'NAME' else ''}{html.escape(r.get(c, ''))}"
+            f"{'</b> (this kernel)' if r.get('NAME') == mark and c == 'NAME' else ''}</td>" for c in columns
+        ) + "</tr>"
+        for r in rows
+    )
+    return text + "\n", f"<table><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+# -- %lxc ----------------------------------------------------------------------------------------------
+
+SECURITY_KEYS = {"apparmor": "lxc.apparmor.profile", "seccomp": "lxc.seccomp.profile", "selinux": "lxc.selinux.context"}
+KINDS = ("busybox", "hostfs", "debian")
+
+
+def _lxc_parser() -> MagicParser:
+    p = MagicParser(prog="%lxc")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=MagicParser)
+    sub.add_parser("list", prog="%lxc list")
+    for name in ("info", "start", "freeze", "unfreeze"):
+        sub.add_parser(name, prog=f"%lxc {name}").add_argument("name", nargs="?")
+    for name in ("stop", "restart"):
+        s = sub.add_parser(name, prog=f"%lxc {name}")
+        s.add_argument("name", nargs="?")
+        s.add_argument("--kill", action="store_true")
+        s.add_argument("--timeout", type=float, default=30.0)
+    c = sub.add_parser("create", prog="%lxc create")
+    c.add_argument("name")
+    c.add_argument("-t", "--template", default="busybox")
+    c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    for short, key in SECURITY_KEYS.items():
+        c.add_argument(f"--{short}", metavar="PROFILE", help=key)
+    c.add_argument("--start", action="store_true")
+    d = sub.add_parser("destroy", prog="%lxc destroy")
+    d.add_argument("name")
+    d.add_argument("--force", action="store_true")
+    d.add_argument("--snapshots", action="store_true")
+    d.add_argument("--clones", action="store_true")
+    s = sub.add_parser("snapshot", prog="%lxc snapshot")
+    s.add_argument("words", nargs="*", metavar="[list|delete SNAP] [NAME]")
+    s.add_argument("-n", "--name")
+    s.add_argument("--stop", action="store_true")
+    s.add_argument("--comment")
+    r = sub.add_parser("restore", prog="%lxc restore")
+    r.add_argument("snap")
+    r.add_argument("--as", dest="new")
+    r.add_argument("-n", "--name")
+    r.add_argument("--stop", action="store_true")
+    cl = sub.add_parser("clone", prog="%lxc clone")
+    cl.add_argument("src")
+    cl.add_argument("new")
+    cl.add_argument("--snapshot", action="store_true")
+    cl.add_argument("--allow-running", action="store_true")
+    sub.add_parser("use", prog="%lxc use").add_argument("name")
+    li = sub.add_parser("limit", prog="%lxc limit")
+    li.add_argument("what", choices=["memory", "cpu", "cpuset", "show"])
+    li.add_argument("value", nargs="?")
+    li.add_argument("-n", "--name")
+    li.add_argument("--persist", action="store_true")
+    cf = sub.add_parser("config", prog="%lxc config")
+    cf.add_argument("action", choices=["get", "set"])
+    cf.add_argument("key")
+    cf.add_argument("value", nargs="?")
+    cf.add_argument("-n", "--name")
+    lg = sub.add_parser("log", prog="%lxc log")
+    lg.add_argument("name", nargs="?")
+    lg.add_argument("--lines", type=int, default=40)
+    lg.add_argument("--level", type=str.upper,
+                    choices=["TRACE", "DEBUG", "INFO", "NOTICE", "WARN", "ERROR", "CRIT", "ALERT", "FATAL"])
+    return p
+
+
+@magic("lxc")
+def lxc_magic(host: Host, args: list[str]) -> None:
+    """%lxc COMMAND ...: the container's lifecycle, snapshots, clones, limits and config.
+
+    NAME defaults to this kernel's container. Every command waits for the state it asks for (with a
+    deadline) and reports it; a failing lxc-* tool shows its own message.
+
+      %lxc list                          every container: state, PID, memory, IPs (a table)
+      %lxc info [NAME]                   state, PID, CPU and memory use, IPs, limits in force, and
+                                         this kernel's session (shell PID, attach options)
+      %lxc create NAME [-t TEMPLATE] [--config KEY=VALUE ...] [--apparmor PROFILE]
+                  [--seccomp FILE] [--selinux CONTEXT] [--start] [-- TEMPLATE ARGS]
+                                         TEMPLATE: busybox (default), hostfs, debian, or any
+                                         lxc-create template. No network but loopback unless a
+                                         --config lxc.net.0.* says otherwise (no lxcbr0 needed).
+                                         --apparmor/--seccomp/--selinux are shorthand for
+                                         --config lxc.apparmor.profile=... and friends.
+      %lxc start [NAME]
+      %lxc stop [NAME] [--kill] [--timeout S]   clean stop, SIGKILL after S s (default 30)
+      %lxc restart [NAME] [--kill]
+      %lxc freeze [NAME] / %lxc unfreeze [NAME]
+      %lxc destroy NAME [--force] [--snapshots] [--clones]
+                                         --force is needed for this kernel's own container;
+                                         --snapshots / --clones destroy those with it
+      %lxc snapshot [NAME] [--stop] [--comment TEXT]
+                                         LXC snapshots only stopped containers: --stop stops it,
+                                         snapshots, and starts it again
+      %lxc snapshot list [NAME]
+      %lxc snapshot delete SNAP [NAME]
+      %lxc restore SNAP [-n NAME] [--as NEW] [--stop]
+                                         in place (needs it stopped: --stop), or as a new container
+      %lxc clone SRC NEW [--snapshot] [--allow-running]
+                                         a full copy, or an overlay clone with --snapshot
+      %lxc use NAME                      move this notebook's shell to another container
+      %lxc limit memory 512M|off  /  cpu 0.5|off  /  cpuset 0-1  /  show   [-n NAME] [--persist]
+                                         live through cgroups; --persist also writes the config
+      %lxc config get KEY [-n NAME]  /  %lxc config set KEY VALUE [-n NAME]
+                                         set writes the config file: it applies at the next start
+      %lxc log [NAME] [--lines N] [--level LEVEL]
+                                         tail of the container's LXC log; --level sets
+                                         lxc.log.level (and a log file) for the next start
+    """
+    # `-- TEMPLATE ARGS` is split off before argparse, which would take them for its own options.
+    template_args: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, template_args = args[:cut], args[cut + 1 :]
+    try:
+        ns = _lxc_parser().parse_args(args)
+    except UsageError as exc:
+        # argparse reports extra arguments against the top parser; show the command's own lines of the help.
+        lines = [line.strip() for line in inspect.cleandoc(lxc_magic.__doc__ or "").splitlines()
+                 if args and f"%lxc {args[0]}" in line]
+        raise UsageError(f"{exc}\n" + "\n".join(lines)) from None if lines else exc
+    if ns.cmd == "create":
+        _lxc_create(host, ns, template_args)
+    elif template_args:
+        raise UsageError("`--` (template arguments) only goes with %lxc create")
+    else:
+        _LXC_COMMANDS[ns.cmd](host, ns)
+
+
+def _lxc_list(host: Host, ns: argparse.Namespace) -> None:
+    columns = ("NAME", "STATE", "PID", "RAM", "SWAP", "IPV4", "IPV6", "AUTOSTART", "GROUPS")
+    rows = list_containers(host.tools, columns)
+    text, table = _table(rows, columns, mark=host.container)
+    if not rows:
+        text, table = "no containers\n", "<p>no containers</p>"
+    host.emit_display({"text/plain": text, "text/html": table})
+
+
+def _limits(ct: Container) -> list[tuple[str, str]]:
+    """The cgroup limits in force, readable (only for a running container)."""
+    out = []
+    try:
+        if cgroup_v2():
+            memory = ct.cgroup("memory.max")
+            quota, _, period = ct.cgroup("cpu.max").partition(" ")
+        else:
+            memory = ct.cgroup("memory.limit_in_bytes")
+            quota, period = ct.cgroup("cpu.cfs_quota_us"), ct.cgroup("cpu.cfs_period_us")
+        out.append(("memory limit", _human_bytes(_size(memory)) if memory != "max" else "unlimited"))
+        q, p = _size(quota), _size(period)
+        out.append(("cpu quota", f"{q / p:.2f} CPU ({quota}/{period} us)" if q > 0 and p > 0 else "unlimited"))
+        out.append(("cpuset", ct.cgroup("cpuset.cpus") or "?"))
+    except LxcCommandError as exc:
+        out.append(("limits", f"unavailable: {exc}"))
+    return out
+
+
+def _lxc_info(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    _require_state(ct)
+    info = ct.info()
+    rows: list[tuple[str, str]] = [("container", ct.name), ("state", info.state.value)]
+    if info.pid is not None:
+        rows.append(("init PID", str(info.pid)))
+    if info.cpu_ns is not None:
+        rows.append(("CPU use", f"{info.cpu_ns / 1e9:.2f} s"))
+    if info.memory_bytes is not None:
+        rows.append(("memory use", _human_bytes(info.memory_bytes)))
+    rows.append(("IPs", ", ".join(info.ips) or "none"))
+    if info.state is State.RUNNING:
+        rows += _limits(ct)
+    if _is_attached(host, ct):
+        if host.ephemeral:
+            rows.append(("ephemeral", f"throwaway copy of {host.ephemeral}, destroyed when the kernel stops"))
+        session = host.shell_session
+        if session is not None and session.alive and session.info is not None:
+            rows.append(("shell", f"{session.info.shell}, PID {session.info.pid} inside, "
+                                  f"PID {session.shell_host_pid} on the host (lxc-attach PID {session.pid})"))
+        else:
+            rows.append(("shell", "not attached (the next cell attaches)"))
+        rows += _option_rows(host)
+    width = max(len(k) for k, _ in rows)
+    _say(host, "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+
+
+def _create_config_entries(ns: argparse.Namespace) -> list[tuple[str, str]]:
+    entries = []
+    for item in ns.config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--config wants KEY=VALUE, got {item!r}")
+        entries.append((validate_config_key(key.strip()), validate_config_value(value.strip())))
+    for short, key in SECURITY_KEYS.items():
+        value = getattr(ns, short)
+        if value is not None:
+            entries.append((key, validate_config_value(value)))
+    return entries
+
+
+def _lxc_create(host: Host, ns: argparse.Namespace, template_args: Sequence[str] = ()) -> None:
+    ct = _container(host, ns.name)
+    entries = _create_config_entries(ns)
+    if ns.template.startswith("/"):
+        validate_path(ns.template, "template")
+    else:
+        validate_name(ns.template, "template name")
+    if ct.exists():
+        raise MagicFailed(f"container {ct.name!r} already exists (`%lxc info {ct.name}`)")
+    t0 = time.monotonic()
+    # The provisioning module knows how to make each kind work here (PTYs, cgroups, no network);
+    # imported lazily so that a missing optional module can't break the magics that don't need it.
+    from . import provision
+
+    if ns.template in KINDS and not template_args:
+        provision.provision(ct.name, ns.template, start=False, tools=host.tools)
+        for key, value in entries:
+            ct.config_set(key, value)
+    else:
+        config = provision.NET_EMPTY_CONFIG + "".join(f"{k} = {v}\n" for k, v in entries)
+        with tempfile.NamedTemporaryFile("w", prefix="lxck-create-", suffix=".conf") as fh:
+            fh.write(config)
+            fh.flush()
+            ct.create(ns.template, config_file=fh.name, template_args=template_args)
+    shown = "".join(f"\n  {k} = {v}" for k, v in entries)
+    _say(host, f"created {ct.name} from template {ns.template} in {time.monotonic() - t0:.2f} s"
+               + (f"; config:{shown}" if shown else ""))
+    if ns.start:
+        state, seconds = _timed(lambda: ct.start())
+        _say(host, _expect(ct, state, State.RUNNING, seconds, "start"))
+
+
+def _lxc_start(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    state = _require_state(ct)
+    if state is State.RUNNING:
+        _say(host, f"container {ct.name}: already RUNNING")
+        return
+    if state in (State.FROZEN, State.FREEZING):
+        raise MagicFailed(f"container {ct.name!r} is {state.value}: use `%lxc unfreeze {ct.name}`")
+    state, seconds = _timed(lambda: ct.start())
+    _say(host, _expect(ct, state, State.RUNNING, seconds, "start"))
+
+
+def _lxc_stop(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    state = _require_state(ct)
+    if state is State.STOPPED:
+        _say(host, f"container {ct.name}: already STOPPED")
+        return
+    if _is_attached(host, ct):
+        host.close_session()
+    if state in (State.FROZEN, State.FREEZING):
+        ct.unfreeze()  # a frozen task cannot act on SIGTERM or die of SIGKILL until thawed
+    state, seconds = _timed(lambda: ct.stop(kill=ns.kill, timeout=ns.timeout))
+    msg = _expect(ct, state, State.STOPPED, seconds, "stop")
+    if state is State.MISSING:
+        msg = f"container {ct.name}: stopped and gone (it was ephemeral)"
+    _say(host, msg + (" - this kernel's shell ended with it" if _is_attached(host, ct) else ""))
+
+
+def _lxc_restart(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    _require_state(ct)
+    if _is_attached(host, ct):
+        if host.ephemeral:
+            raise MagicFailed("this kernel's container is ephemeral: stopping it destroys it. "
+                              "Restart the kernel instead.")
+        host.close_session()
+    state, seconds = _timed(lambda: ct.restart(kill=ns.kill, timeout=ns.timeout))
+    note = " - the next cell attaches a fresh shell" if _is_attached(host, ct) else ""
+    _say(host, _expect(ct, state, State.RUNNING, seconds, "restart") + note)
+
+
+def _lxc_freeze(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    _require_state(ct, State.RUNNING, State.FROZEN)
+    state, seconds = _timed(lambda: ct.freeze())
+    note = "; cells fail until `%lxc unfreeze` (the shell is kept)" if _is_attached(host, ct) else ""
+    _say(host, _expect(ct, state, State.FROZEN, seconds, "freeze") + note)
+
+
+def _lxc_unfreeze(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    _require_state(ct, State.FROZEN, State.FREEZING, State.RUNNING)
+    state, seconds = _timed(lambda: ct.unfreeze())
+    _say(host, _expect(ct, state, State.RUNNING, seconds, "unfreeze"))
+
+
+def _destroy(ct: Container, snapshots: bool) -> None:
+    state = ct.state()
+    if state in (State.FROZEN, State.FREEZING):
+        ct.unfreeze()
+    if state is not State.STOPPED:
+        ct.stop(kill=True)
+    if ct.state() is not State.MISSING:  # an ephemeral container is already gone once stopped
+        ct.destroy(snapshots=snapshots)
+
+
+def _lxc_destroy(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    _require_state(ct)
+    if _is_attached(host, ct) and not ns.force:
+        raise MagicFailed(f"{ct.name} is this kernel's container: add --force to destroy it "
+                          "(the shell and everything in the container go with it)")
+    snaps = ct.snapshots()
+    if snaps and not ns.snapshots:
+        raise MagicFailed(f"{ct.name} has {len(snaps)} snapshot(s) ({', '.join(s.name for s in snaps)}), and "
+                          "lxc-destroy refuses it then: add --snapshots to destroy them with it")
+    clones = ct.clones()
+    if clones and not ns.clones:
+        raise MagicFailed(f"{ct.name} has overlay clones that use its files ({', '.join(clones)}), and lxc-destroy "
+                          "refuses it then: add --clones to destroy them first")
+    for clone in clones:
+        _destroy(Container(validate_name(clone), host.tools), snapshots=True)
+        _say(host, f"destroyed clone {clone}")
+    if _is_attached(host, ct):
+        host.close_session()
+    t0 = time.monotonic()
+    _destroy(ct, snapshots=ns.snapshots)
+    _say(host, f"destroyed {ct.name} ({time.monotonic() - t0:.2f} s)")
+
+
+def _stopped_for(host: Host, ct: Container, allow_stop: bool, what: str) -> bool:
+    """Make sure ``ct`` is STOPPED for ``what``; True if it was running and should be started again."""
+    state = _require_state(ct)
+    if state is State.STOPPED:
+        return False
+    if not allow_stop:
+        raise MagicFailed(f"{what} needs {ct.name} STOPPED and it is {state.value} (LXC refuses otherwise). "
+                          f"Add --stop to stop it, {what}, and start it again.")
+    if _is_attached(host, ct):
+        if host.ephemeral:
+            raise MagicFailed(f"{ct.name} is ephemeral: stopping it would destroy it")
+        host.close_session()
+    if state in (State.FROZEN, State.FREEZING):
+        ct.unfreeze()
+    reached = ct.stop()
+    if reached is not State.STOPPED:
+        raise MagicFailed(f"could not stop {ct.name}: it is {reached.value}")
+    _say(host, f"stopped {ct.name} for the {what}")
+    return True
+
+
+def _restart_after(host: Host, ct: Container) -> None:
+    state, seconds = _timed(lambda: ct.start())
+    note = " - the next cell attaches a fresh shell" if _is_attached(host, ct) else ""
+    _say(host, _expect(ct, state, State.RUNNING, seconds, "start") + note)
+
+
+def _lxc_snapshot(host: Host, ns: argparse.Namespace) -> None:
+    words = list(ns.words)
+    action = words.pop(0) if words and words[0] in ("list", "delete") and not ns.name else None
+    if action == "delete":
+        if not words:
+            raise UsageError("%lxc snapshot delete SNAP [NAME]: which snapshot?")
+        snap = words.pop(0)
+    if len(words) > 1:
+        raise UsageError(f"%lxc snapshot: unexpected {' '.join(words[1:])!r}")
+    ct = _container(host, ns.name or (words[0] if words else None))
+    if action == "list":
+        _require_state(ct)
+        snaps = ct.snapshots()
+        if not snaps:
+            _say(host, f"{ct.name} has no snapshots")
+            return
+        _say(host, "\n".join(f"{s.name}  {s.time}" + (f"  {s.comment}" if s.comment else "") for s in snaps))
+        return
+    if action == "delete":
+        _require_state(ct)
+        ct.delete_snapshot(snap)
+        _say(host, f"deleted snapshot {snap} of {ct.name}")
+        return
+    was_running = _stopped_for(host, ct, ns.stop, "snapshot")
+    t0 = time.monotonic()
+    try:
+        name = ct.snapshot(comment=ns.comment)
+    finally:
+        if was_running:
+            _restart_after(host, ct)
+    _say(host, f"snapshot {name} of {ct.name} taken ({time.monotonic() - t0:.2f} s)")
+
+
+def _lxc_restore(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    validate_name(ns.snap, "snapshot name")
+    t0 = time.monotonic()
+    if ns.new:
+        validate_name(ns.new)
+        _require_state(ct)
+        if Container(ns.new, host.tools).exists():
+            raise MagicFailed(f"container {ns.new!r} already exists")
+        ct.restore(ns.snap, ns.new)
+        _say(host, f"restored snapshot {ns.snap} of {ct.name} as new container {ns.new} "
+                   f"({time.monotonic() - t0:.2f} s; start it with `%lxc start {ns.new}`)")
+        return
+    was_running = _stopped_for(host, ct, ns.stop, "restore")
+    try:
+        ct.restore(ns.snap)
+        _say(host, f"restored {ct.name} to snapshot {ns.snap} ({time.monotonic() - t0:.2f} s)")
+    finally:
+        if was_running:
+            _restart_after(host, ct)
+
+
+def _lxc_clone(host: Host, ns: argparse.Namespace) -> None:
+    src = _container(host, ns.src)
+    validate_name(ns.new)
+    state = _require_state(src)
+    if Container(ns.new, host.tools).exists():
+        raise MagicFailed(f"container {ns.new!r} already exists")
+    if state is not State.STOPPED and not ns.allow_running:
+        raise MagicFailed(f"{src.name} is {state.value}, and lxc-copy copies only stopped containers. Stop it "
+                          "first, or add --allow-running (files being written may be copied half-way).")
+    t0 = time.monotonic()
+    src.copy(ns.new, overlay=ns.snapshot, allow_running=ns.allow_running)
+    kind = "overlay clone" if ns.snapshot else "full copy"
+    _say(host, f"{kind} {ns.new} of {src.name} created ({time.monotonic() - t0:.2f} s)")
+
+
+def _lxc_use(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    state = ct.state()
+    if state is State.MISSING:
+        raise MagicFailed(f"container {ct.name!r} does not exist (see `%lxc list`, or `%lxc create {ct.name}`)")
+    previous = host.container
+    host.close_session()
+    host.container = ct.name
+    note = "the next cell attaches there" if state is State.RUNNING else \
+        f"it is {state.value}: `%lxc start {ct.name}` before the next cell"
+    _say(host, f"this notebook's shell moved from {previous} to {ct.name}; {note}")
+
+
+_MEMORY_RE = re.compile(r"[0-9]+[KMGkmg]?")
+_CPUSET_RE = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
+
+
+def _limit_setting(ct: Container, what: str, value: str, live: bool) -> tuple[str, str]:
+    """The cgroup key and value for ``%lxc limit WHAT VALUE`` on this host's cgroup version.
+
+    A CPU share becomes a quota per scheduling period: the container's period when it runs, else the
+    kernel's default of 100 ms.
+    """
+    v2 = cgroup_v2()
+    off = value.lower() in ("off", "max", "none", "-1")
+    if what == "memory":
+        if not off and not _MEMORY_RE.fullmatch(value):
+            raise UsageError(f"%lxc limit memory: {value!r} is not a size like 512M, 2G or 'off'")
+        return ("memory.max", "max" if off else value.upper()) if v2 else \
+               ("memory.limit_in_bytes", "-1" if off else value.upper())
+    if what == "cpu":
+        if not off:
+            try:
+                cpus = float(value)
+            except ValueError:
+                cpus = -1.0
+            if not 0 < cpus <= 1024:
+                raise UsageError(f"%lxc limit cpu: {value!r} is not a number of CPUs like 0.5 or 2, or 'off'")
+        if v2:
+            period = int(ct.cgroup("cpu.max").split()[-1]) if live else 100000
+            return "cpu.max", f"max {period}" if off else f"{round(cpus * period)} {period}"
+        period = int(ct.cgroup("cpu.cfs_period_us")) if live else 100000
+        return "cpu.cfs_quota_us", "-1" if off else str(round(cpus * period))
+    if not _CPUSET_RE.fullmatch(value):
+        raise UsageError(f"%lxc limit cpuset: {value!r} is not a CPU list like 0 or 0-1 or 0,2")
+    return "cpuset.cpus", value
+
+
+def _lxc_limit(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    if ns.what == "show":
+        _require_state(ct, State.RUNNING)
+        _say(host, "\n".join(f"{k}: {v}" for k, v in _limits(ct)))
+        return
+    if ns.value is None:
+        raise UsageError(f"%lxc limit {ns.what}: which value?")
+    _limit_setting(ct, ns.what, ns.value, live=False)  # refuse a bad value before any lxc-* runs
+    state = _require_state(ct)
+    key, value = _limit_setting(ct, ns.what, ns.value, live=state is State.RUNNING)
+    done = []
+    if state is State.RUNNING:
+        ct.cgroup(key, value)
+        done.append(f"{key} = {ct.cgroup(key)} (live)")
+    elif not ns.persist:
+        raise MagicFailed(f"{ct.name} is {state.value}: a live limit needs it RUNNING; add --persist to "
+                          "write it to the config for the next start")
+    if ns.persist:
+        config_key = ("lxc.cgroup2." if cgroup_v2() else "lxc.cgroup.") + key
+        ct.config_set(config_key, value)
+        done.append(f"{config_key} = {value} (config, from the next start)")
+    _say(host, f"{ct.name}: " + "; ".join(done))
+
+
+def _lxc_config(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    validate_config_key(ns.key)
+    state = _require_state(ct)
+    if ns.action == "get":
+        if ns.value is not None:
+            raise UsageError("%lxc config get KEY: no value expected")
+        _say(host, f"{ns.key} = {ct.config_get(ns.key)}")
+        return
+    if ns.value is None:
+        raise UsageError("%lxc config set KEY VALUE: which value?")
+    ct.config_set(ns.key, validate_config_value(ns.value))
+    note = "; it applies at the next start (`%lxc restart`)" if state is not State.STOPPED else ""
+    _say(host, f"{ct.name}: {ns.key} = {ns.value} written to {ct.config_path()}{note}")
+
+
+def _lxc_log(host: Host, ns: argparse.Namespace) -> None:
+    if ns.lines < 1:
+        raise UsageError("%lxc log --lines N: N must be at least 1")
+    ct = _container(host, ns.name)
+    _require_state(ct)
+    path = ct.log_file()
+    if ns.level:
+        ct.config_set("lxc.log.level", ns.level)
+        ct.config_set("lxc.log.file", path)
+        _say(host, f"{ct.name}: lxc.log.level = {ns.level}, lxc.log.file = {path} (from the next start)")
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 256 * 1024))
+            tail = fh.read().decode("utf-8", "replace").splitlines()[-ns.lines:]
+    except FileNotFoundError:
+        _say(host, f"no log yet at {path}" + ("" if ns.level else
+                                             f"; `%lxc log {ct.name} --level INFO` turns one on"))
+        return
+    _say(host, f"==> {path} (last {len(tail)} lines) <==\n" + "\n".join(tail))
+
+
+_LXC_COMMANDS: dict[str, Callable[[Host, argparse.Namespace], None]] = {
+    "list": _lxc_list,
+    "info": _lxc_info,
+    "create": _lxc_create,
+    "start": _lxc_start,
+    "stop": _lxc_stop,
+    "restart": _lxc_restart,
+    "freeze": _lxc_freeze,
+    "unfreeze": _lxc_unfreeze,
+    "destroy": _lxc_destroy,
+    "snapshot": _lxc_snapshot,
+    "restore": _lxc_restore,
+    "clone": _lxc_clone,
+    "use": _lxc_use,
+    "limit": _lxc_limit,
+    "config": _lxc_config,
+    "log": _lxc_log,
+}
+
+
+# -- %attach -------------------------------------------------------------------------------------------
+
+_ATTACH_TRAITS = ("user", "env", "keep_env", "cwd", "shell_path", "namespaces", "elevated", "remount_sys_proc",
+                  "lxcpath", "sudo", "stderr", "colors")
+
+
+def _option_rows(host: Host) -> list[tuple[str, str]]:
+    env = ", ".join(f"{k}={v}" for k, v in host.env.items()) or "-"
+    return [
+        ("user", host.user or "root"),
+        ("env", env),
+        ("keep-env", ", ".join(host.keep_env) or "-"),
+        ("cwd", host.cwd or "(the user's home)"),
+        ("shell", host.shell_path or "auto (bash if present, else /bin/sh)"),
+        ("namespaces", host.namespaces or "all"),
+        ("elevated", host.elevated or "none"),
+        ("remount-sys-proc", "on" if host.remount_sys_proc else "off"),
+        ("lxcpath", host.lxcpath or "(default)"),
+        ("sudo", "on" if host.sudo else "off"),
+        ("colors", "on" if host.colors else "off"),
+        ("stderr", host.stderr),
+        ("timeout", f"{host.cell_timeout:g} s" if host.cell_timeout else "off"),
+    ]
+
+
+def _on_off(value: str, what: str) -> bool:
+    if value.lower() in ("on", "yes", "true", "1"):
+        return True
+    if value.lower() in ("off", "no", "false", "0"):
+        return False
+    raise UsageError(f"{what}: say on or off, not {value!r}")
+
+
+def _attach_parser() -> MagicParser:
+    p = MagicParser(prog="%attach")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="OPTION", parser_class=MagicParser)
+    sub.add_parser("show", prog="%attach show")
+    sub.add_parser("user", prog="%attach user").add_argument("spec", metavar="NAME|UID[:GID]|root")
+    e = sub.add_parser("env", prog="%attach env")
+    e.add_argument("assign", nargs="*", metavar="KEY=VALUE")
+    e.add_argument("-u", "--unset", action="append", default=[], metavar="KEY")
+    k = sub.add_parser("keep-env", prog="%attach keep-env")
+    k.add_argument("names", nargs="*", metavar="NAME")
+    k.add_argument("-u", "--unset", action="append", default=[], metavar="NAME")
+    sub.add_parser("cwd", prog="%attach cwd").add_argument("path", metavar="PATH|home")
+    sub.add_parser("shell", prog="%attach shell").add_argument("path", metavar="PATH|auto")
+    sub.add_parser("namespaces", prog="%attach namespaces").add_argument("flags", metavar="LIST|all")
+    sub.add_parser("elevated", prog="%attach elevated").add_argument("flags", metavar="LIST|none")
+    sub.add_parser("remount-sys-proc", prog="%attach remount-sys-proc").add_argument("value", metavar="on|off")
+    sub.add_parser("lxcpath", prog="%attach lxcpath").add_argument("path", metavar="PATH|default")
+    sub.add_parser("sudo", prog="%attach sudo").add_argument("value", metavar="on|off")
+    return p
+
+
+@magic("attach")
+def attach_magic(host: Host, args: list[str]) -> None:
+    """%attach OPTION ...: how the shell is attached (lxc-attach options). Any change re-attaches.
+
+    The shell is closed and a new one attached with the new options; the output says so. Variables,
+    functions and the working directory of the old shell are gone. A change that fails to attach is
+    rolled back. Each option has a kernelspec counterpart (`python -m lxc_kernel.install --help`).
+
+      %attach show                      the options in force
+      %attach user NAME|UID[:GID]|root  run as this user (names resolved in the container's
+                                        /etc/passwd and /etc/group); HOME, USER, LOGNAME follow
+      %attach env KEY=VALUE ...         set variables in the shell's environment
+      %attach env -u KEY                remove one
+      %attach keep-env NAME             forward one host variable, by name (-u NAME stops it)
+      %attach cwd PATH|home             working directory the shell starts in
+      %attach shell PATH|auto           the shell (auto: bash if present, else /bin/sh)
+      %attach namespaces LIST|all       attach to only these namespaces, e.g. MOUNT|PID
+                                        (lxc-attach -s; implies elevated privileges)
+      %attach elevated LIST|none        CAP|CGROUP|LSM: keep these host privileges (lxc-attach -e)
+                                        WARNING: namespaces and elevated may leak host privileges
+                                        into the container
+      %attach remount-sys-proc on|off   remount /sys and /proc for the shell (lxc-attach -R)
+      %attach lxcpath PATH|default      where the containers live (lxc-* -P)
+      %attach sudo on|off               run lxc-* through `sudo -n`, for a kernel that is not run
+                                        by root; without a NOPASSWD rule it fails with a clear
+                                        error, never a password prompt
+    """
+    ns = _attach_parser().parse_args(args)
+    if ns.cmd == "show":
+        rows = _option_rows(host)
+        width = max(len(k) for k, _ in rows)
+        _say(host, "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+        return
+    previous = {name: getattr(host, name) for name in _ATTACH_TRAITS}
+    changed = _apply_attach(host, ns)
+    _reattach(host, previous, changed)
+
+
+def _apply_attach(host: Host, ns: argparse.Namespace) -> str:
+    """Set the kernel's option traits from ``%attach``; return what changed, for the message."""
+    cmd = ns.cmd
+    if cmd == "user":
+        from .users import parse_spec
+
+        spec = "" if ns.spec in ("root", "0", "0:0") else ns.spec
+        if spec:
+            parse_spec(spec)
+        host.user = spec
+        return f"user {ns.spec}"
+    if cmd == "env":
+        env = dict(host.env)
+        for item in ns.assign:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"%attach env: {item!r} is not KEY=VALUE (use -u KEY to remove one)")
+            validate_env_name(key)
+            env[key] = value
+        for key in ns.unset:
+            env.pop(validate_env_name(key), None)
+        if not ns.assign and not ns.unset:
+            raise UsageError("%attach env KEY=VALUE ... | -u KEY: nothing to change")
+        host.env = env
+        return "env " + " ".join([*ns.assign, *(f"-u {k}" for k in ns.unset)])
+    if cmd == "keep-env":
+        names = [n for n in host.keep_env if n not in ns.unset]
+        for name in ns.names:
+            if validate_env_name(name) not in names:
+                names.append(name)
+        if not ns.names and not ns.unset:
+            raise UsageError("%attach keep-env NAME ... | -u NAME: nothing to change")
+        host.keep_env = names
+        return f"keep-env {', '.join(names) or '(none)'}"
+    if cmd == "cwd":
+        host.cwd = "" if ns.path in ("home", "~") else validate_path(ns.path, "working directory")
+        return f"cwd {ns.path}"
+    if cmd == "shell":
+        host.shell_path = "" if ns.path == "auto" else validate_path(ns.path, "shell")
+        return f"shell {ns.path}"
+    if cmd == "namespaces":
+        host.namespaces = "" if ns.flags.lower() == "all" else "|".join(parse_flags(ns.flags, NAMESPACES, "namespace"))
+        return f"namespaces {host.namespaces or 'all'}"
+    if cmd == "elevated":
+        host.elevated = "" if ns.flags.lower() == "none" else "|".join(parse_flags(ns.flags, ELEVATED, "privilege"))
+        return f"elevated {host.elevated or 'none'}"
+    if cmd == "remount-sys-proc":
+        host.remount_sys_proc = _on_off(ns.value, "%attach remount-sys-proc")
+        return f"remount-sys-proc {'on' if host.remount_sys_proc else 'off'}"
+    if cmd == "lxcpath":
+        host.lxcpath = "" if ns.path == "default" else validate_path(ns.path, "lxcpath")
+        return f"lxcpath {ns.path}"
+    if cmd == "sudo":
+        host.sudo = _on_off(ns.value, "%attach sudo")
+        return f"sudo {'on' if host.sudo else 'off'}"
+    raise UsageError(f"%attach: unknown option {cmd!r}")  # pragma: no cover - argparse refuses first
+
+
+def _reattach(host: Host, previous: dict[str, Any], changed: str) -> None:
+    """Close the shell and attach a new one with the new options; on failure, restore the old ones."""
+    try:
+        host.close_session()
+        ct = host.target()
+        if ct.state() is not State.RUNNING:
+            options = host.attach_options() if not host.user else None
+            for warning in options.warnings if options else ():
+                host.emit_text(f"warning: {warning}\n", "stderr")
+            _say(host, f"{changed}: set. {ct.name} is not running, so the shell attaches with it once it is.")
+            return
+        session = host.ensure_session()
+    except (LxcKernelError, OSError) as exc:
+        for name, value in previous.items():
+            setattr(host, name, value)
+        host.close_session()
+        raise MagicFailed(f"{changed}: could not attach ({exc}); the options were left as they were") from exc
+    pid = session.info.pid if session.info is not None else "?"
+    _say(host, f"{changed}: re-attached - a new shell (PID {pid} inside {host.container}); "
+               "the old shell's variables and working directory are gone")
+
+
+# -- everything else --------------------------------------------------------------------------------------
+
+
+@magic("timeout")
+def timeout_magic(host: Host, args: list[str]) -> None:
+    """%timeout [SECONDS|off]: a time limit for each cell; without an argument, show it.
+
+    When a cell runs longer, it is interrupted (as by the stop button) and fails with an error that
+    names the limit. The shell and its state survive. Kernelspec: --timeout SECONDS.
+    """
+    p = MagicParser(prog="%timeout")
+    p.add_argument("seconds", nargs="?", metavar="SECONDS|off")
+    ns = p.parse_args(args)
+    if ns.seconds is None:
+        _say(host, f"timeout: {host.cell_timeout:g} s" if host.cell_timeout else "timeout: off")
+        return
+    if ns.seconds.lower() in ("off", "none", "0"):
+        host.cell_timeout = 0.0
+        _say(host, "timeout: off")
+        return
+    try:
+        seconds = float(ns.seconds)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 10**7:
+        raise UsageError(f"%timeout: {ns.seconds!r} is not a number of seconds or 'off'\n{p.format_usage().strip()}")
+    host.cell_timeout = seconds
+    _say(host, f"timeout: {seconds:g} s per cell")
+
+
+@magic("reset")
+def reset_magic(host: Host, args: list[str]) -> None:
+    """%reset: a fresh shell in the same container (variables, functions and cwd start over)."""
+    MagicParser(prog="%reset").parse_args(args)
+    host.close_session()
+    if host.target().state() is State.RUNNING:
+        session = host.ensure_session()
+        pid = session.info.pid if session.info is not None else "?"
+        _say(host, f"reset: a fresh shell (PID {pid}) in {host.container}")
+    else:
+        _say(host, "reset: the shell is closed; the next cell attaches a fresh one")
+
+
+def _launcher(host: Host) -> transfer.Launcher:
+    """Transfers attach like the shell does (same user, namespaces, lxcpath), over pipes instead of a PTY."""
+    options = host.attach_options()
+    _require_state(host.target(), State.RUNNING)
+    return options.argv
+
+
+def _container_path(host: Host, path: str) -> str:
+    """A relative container path is relative to the shell's working directory (or the start one)."""
+    if path.startswith("/"):
+        return path
+    session = host.shell_session
+    base = ""
+    if session is not None and session.alive:
+        out: list[str] = []
+        result = session.run("pwd", lambda stream, text: out.append(text) if stream == "stdout" else None,
+                             timeout=10)
+        if result.status == 0:
+            base = "".join(out).strip()
+    if not base.startswith("/"):
+        base = host.cwd or host.attach_options().home
+    return os.path.join(base, path)
+
+
+@magic("push")
+def push_magic(host: Host, args: list[str]) -> None:
+    """%push HOST_PATH CONTAINER_PATH: copy a file from the kernel's host into the container.
+
+    Byte-exact for any file (binary, any size), through the attach channel, so it works for every
+    storage backend including overlay clones; the file is written as the attached user. A relative
+    CONTAINER_PATH is relative to the shell's working directory, a relative HOST_PATH to the kernel's.
+    Reports the size and rate; the size is checked on arrival.
+    """
+    p = MagicParser(prog="%push")
+    p.add_argument("host_path")
+    p.add_argument("container_path")
+    ns = p.parse_args(args)
+    dest = _container_path(host, ns.container_path)
+    done = transfer.push(_launcher(host), os.path.expanduser(ns.host_path), dest)
+    _say(host, done.describe("pushed"))
+
+
+@magic("pull")
+def pull_magic(host: Host, args: list[str]) -> None:
+    """%pull CONTAINER_PATH HOST_PATH: copy a file from the container to the kernel's host.
+
+    Byte-exact, through the attach channel (any storage backend), read as the attached user. A failed
+    pull leaves no partial file. Paths are resolved as for %push. Reports the size and rate.
+    """
+    p = MagicParser(prog="%pull")
+    p.add_argument("container_path")
+    p.add_argument("host_path")
+    ns = p.parse_args(args)
+    src = _container_path(host, ns.container_path)
+    dest = os.path.expanduser(ns.host_path)
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, os.path.basename(src))
+    done = transfer.pull(_launcher(host), src, dest)
+    _say(host, done.describe("pulled"))
+
+
+@magic("colors")
+def colors_magic(host: Host, args: list[str]) -> None:
+    """%colors on|off: keep colour (SGR) codes in the output for the frontend to render, or strip them.
+
+    Applies from the next cell, without re-attaching. Kernelspec: --colors.
+    """
+    p = MagicParser(prog="%colors")
+    p.add_argument("value", metavar="on|off")
+    host.colors = _on_off(p.parse_args(args).value, "%colors")
+    session = host.shell_session
+    if session is not None:
+        session.keep_colors = host.colors  # read per cell by the session: no re-attach needed
+    _say(host, f"colors: {'on' if host.colors else 'off'}")
+
+
+@magic("stderr")
+def stderr_magic(host: Host, args: list[str]) -> None:
+    """%stderr separate|merged: stderr as its own stream, or merged into stdout in order. Re-attaches.
+
+    separate (default) keeps error output distinguishable, but its order relative to stdout is only
+    kept per stream; merged keeps the exact order, all as stdout. Kernelspec: --stderr.
+    """
+    p = MagicParser(prog="%stderr")
+    p.add_argument("mode", choices=["separate", "merged"])
+    mode = p.parse_args(args).mode
+    if mode == host.stderr:
+        _say(host, f"stderr: already {mode}")
+        return
+    previous = {name: getattr(host, name) for name in _ATTACH_TRAITS}
+    host.stderr = mode
+    _reattach(host, previous, f"stderr {mode}")
+
+
+@magic("lsmagic")
+def lsmagic_magic(host: Host, args: list[str]) -> None:
+    """%lsmagic: list the magics, each with its one-line summary."""
+    MagicParser(prog="%lsmagic").parse_args(args)
+    _say(host, "\n".join(m.summary for m in REGISTRY.values())
+         + "\n\nA cell's leading %lines are magics; the rest of the cell runs in the shell after them."
+         "\n`%help MAGIC` or `%MAGIC --help` explains one.")
+
+
+@magic("help")
+def help_magic(host: Host, args: list[str]) -> None:
+    """%help [MAGIC]: the help of one magic, or of all of them."""
+    p = MagicParser(prog="%help")
+    p.add_argument("name", nargs="?", metavar="MAGIC")
+    ns = p.parse_args(args)
+    if ns.name is None:
+        _say(host, "\n\n".join(m.doc for m in REGISTRY.values()))
+        return
+    entry = REGISTRY.get(ns.name.lstrip("%"))
+    if entry is None:
+        raise UnknownMagic(f"unknown magic %{ns.name.lstrip('%')}. Known magics: {known()}.")
+    _say(host, entry.doc)
+
+
+# -- documentation ---------------------------------------------------------------------------------------
+
+MARKDOWN_INTRO = (
+    "A cell's leading lines that start with `%` are magics; the rest of the cell is shell code that runs\n"
+    "after them. `%help MAGIC`, `%MAGIC --help` and `%lsmagic` show the same text as this section, which\n"
+    "`python -m lxc_kernel.magics --markdown` generates from the magics' docstrings.\n"
+)
+
+
+def markdown() -> str:
+    """The README's magics section, from the same docstrings as ``%help``."""
+    parts = [MARKDOWN_INTRO]
+    for entry in REGISTRY.values():
+        parts.append(f"### `%{entry.name}`\n\n```text\n{entry.doc}\n```\n")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lxc_kernel.magics", description="Print the magics' help.")
+    p.add_argument("--markdown", action="store_true", help="as the README's markdown section")
+    ns = p.parse_args(argv)
+    if ns.markdown:
+        sys.stdout.write(markdown())
+    else:
+        sys.stdout.write("\n\n".join(m.doc for m in REGISTRY.values()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,29 +31,36 @@ def containers() -> dict[str, str]:
     return dict(CONTAINERS)
 
 
+_SPECS_DIR: str | None = None
+
+
+def install_test_kernelspecs() -> str:
+    """Kernelspecs `lxck-test-sh` / `lxck-test-bash` (and a message-mode one), written by the install
+    CLI into a private prefix that JUPYTER_PATH points at. Idempotent within a test run."""
+    global _SPECS_DIR
+    if _SPECS_DIR is None:
+        ensure_container(SH, "busybox")
+        ensure_container(BASH, "hostfs")
+        prefix = tempfile.mkdtemp(prefix="lxck-specs-")
+        specs = [
+            ("lxck-test-sh", SH, []),
+            ("lxck-test-bash", BASH, []),
+            ("lxck-test-bash-msg", BASH, ["--interrupt-mode", "message"]),
+        ]
+        for name, container, extra in specs:
+            subprocess.run(
+                [sys.executable, "-m", "lxc_kernel.install", "--prefix", prefix, "--name", name,
+                 "--container", container, *extra],
+                check=True, capture_output=True,
+            )
+        _SPECS_DIR = os.path.join(prefix, "share", "jupyter")
+    os.environ["JUPYTER_PATH"] = _SPECS_DIR
+    return _SPECS_DIR
+
+
 @pytest.fixture(scope="session")
-def jupyter_path(tmp_path_factory: pytest.TempPathFactory, containers: dict[str, str]) -> Iterator[str]:
-    """Kernelspecs `lxck-test-sh` / `lxck-test-bash` (and a message-mode one) written by the install CLI."""
-    prefix = tmp_path_factory.mktemp("prefix")
-    specs = [
-        ("lxck-test-sh", SH, []),
-        ("lxck-test-bash", BASH, []),
-        ("lxck-test-bash-msg", BASH, ["--interrupt-mode", "message"]),
-    ]
-    for name, container, extra in specs:
-        subprocess.run(
-            [sys.executable, "-m", "lxc_kernel.install", "--prefix", str(prefix), "--name", name,
-             "--container", container, *extra],
-            check=True, capture_output=True,
-        )
-    path = str(prefix / "share" / "jupyter")
-    old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = path
-    yield path
-    if old is None:
-        os.environ.pop("JUPYTER_PATH", None)
-    else:
-        os.environ["JUPYTER_PATH"] = old
+def jupyter_path(containers: dict[str, str]) -> str:
+    return install_test_kernelspecs()
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""The install CLI writes kernelspecs and refuses bad options before anything reaches lxc-*."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lxc_kernel.install import kernel_spec
+
+
+def _install(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lxc_kernel.install", *args], capture_output=True, text=True)
+
+
+def test_writes_a_kernelspec_with_options(tmp_path: Path) -> None:
+    proc = _install(
+        "--prefix", str(tmp_path), "--name", "web1", "--container", "web-1", "--attach-user", "student",
+        "--env", "A=1 2", "--keep-env", "HTTP_PROXY", "--cwd", "/srv", "--stderr", "merged", "--colors",
+        "--interrupt-mode", "message", "--timeout", "30",
+    )
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads((tmp_path / "share/jupyter/kernels/web1/kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable and spec["argv"][1:4] == ["-m", "lxc_kernel", "-f"]
+    assert spec["language"] == "bash" and spec["interrupt_mode"] == "message"
+    for flag in [
+        "--LXCKernel.container=web-1", "--LXCKernel.user=student", "--LXCKernel.env=A=1 2",
+        "--LXCKernel.keep_env=HTTP_PROXY", "--LXCKernel.cwd=/srv", "--LXCKernel.stderr=merged",
+        "--LXCKernel.colors=True", "--LXCKernel.cell_timeout=30.0",
+    ]:
+        assert flag in spec["argv"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--container", "a;b"], "invalid container name"),
+        (["--container", "c1", "--env", "NOEQUALS"], "KEY=VALUE"),
+        (["--container", "c1", "--namespaces", "MOUNT|BOGUS"], "unknown namespace"),
+        (["--container", "c1", "--cwd", "relative/path"], "absolute"),
+        (["--container", "c1", "--attach-user", "x;y"], "invalid user"),
+        (["--container", "c1", "--bogus"], "unrecognized arguments"),
+        ([], "required"),
+    ],
+)
+def test_bad_options_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = _install("--prefix", str(tmp_path), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "share").exists()
+
+
+def test_default_kernelspec_is_registered_by_pip_install() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("lxc")
+    assert spec.argv[:3] == ["python", "-m", "lxc_kernel"] and spec.language == "bash"
+
+
+def test_kernel_spec_dict() -> None:
+    spec = kernel_spec(display_name="X", traits={"container": "c", "env": {"A": "1"}, "sudo": True})
+    assert "--LXCKernel.env=A=1" in spec["argv"] and "--LXCKernel.sudo=True" in spec["argv"]

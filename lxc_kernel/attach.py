@@ -130,7 +130,9 @@ class AttachOptions:
         if self.namespaces:
             argv += ["-s", "|".join(self.namespaces)]
         if self.elevated:
-            argv += ["-e", "|".join(self.elevated)]
+            # -e takes an *optional* argument (--elevated-privileges[=PRIVILEGES]): a separate "CAP" word
+            # was run as the command ("Failed to exec CAP", measured), so it must be attached with "=".
+            argv.append("--elevated-privileges=" + "|".join(self.elevated))
         if self.remount_sys_proc:
             argv.append("-R")
         return [*argv, "--", *command]

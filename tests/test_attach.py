@@ -42,7 +42,7 @@ def test_user_namespaces_elevated_lxcpath_sudo() -> None:
     assert argv[:3] == ["sudo", "-n", "--"]
     assert argv[argv.index("-P") + 1] == "/srv/lxc"
     assert argv[argv.index("-u") + 1] == "1000" and argv[argv.index("-g") + 1] == "50"
-    assert argv[argv.index("-s") + 1] == "MOUNT|PID" and argv[argv.index("-e") + 1] == "CAP"
+    assert argv[argv.index("-s") + 1] == "MOUNT|PID" and "--elevated-privileges=CAP" in argv
     assert "-R" in argv and "A=1 2" in argv
     assert len(opts.warnings) == 2
 

@@ -1,7 +1,5 @@
 """Launch the kernel: ``python -m lxc_kernel -f CONNECTION_FILE [--LXCKernel.container=NAME ...]``."""
 
-from ipykernel.kernelapp import IPKernelApp
+from .kernel import LXCKernel, LXCKernelApp
 
-from .kernel import LXCKernel
-
-IPKernelApp.launch_instance(kernel_class=LXCKernel)
+LXCKernelApp.launch_instance(kernel_class=LXCKernel)

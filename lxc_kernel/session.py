@@ -146,6 +146,8 @@ class ShellSession:
         try:
             probe = new_token()
             self._exchange(ShellScript.probe(probe), probe, deadline, retry=0.03)
+            # lxc-attach re-applies the terminal modes it saved at startup, undoing the first clear.
+            self._clear_onlcr()
             boot = new_token()
             info = Handshake.parse(self._exchange(ShellScript.bootstrap(boot), boot, deadline))
             self.info = info

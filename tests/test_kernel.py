@@ -399,3 +399,14 @@ def test_lxc_not_installed(tmp_path: object) -> None:
         assert "LXC is not installed" in r.errors[0]["evalue"]
     finally:
         k.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_shutdown_exits_on_its_own(containers: dict[str, str]) -> None:
+    """Regression: ipykernel 7's atexit order made half of all shutdowns wait for SIGTERM."""
+    for _ in range(5):
+        k = start_kernel(containers["bash"])
+        k.execute("echo hi")
+        proc = k.km.provisioner.process  # type: ignore[union-attr]
+        k.shutdown()
+        assert proc.wait(timeout=10) == 0, "the kernel had to be killed instead of exiting"

@@ -438,3 +438,21 @@ def test_lifecycle_notebook_runs_with_nbclient(new_name: Callable[[str], str]) -
     assert "memory.limit_in_bytes" in text and "FROZEN" in text and "overlay clone" in text
     assert f"destroyed {demo}" in text
     assert not [n for n in lxc_names() if n.startswith(demo)]
+
+
+@pytest.mark.timeout(90)
+def test_create_with_config_entries_log_and_lifecycle(shared: Kernel, new_name: Callable[[str], str]) -> None:
+    name = new_name("made")
+    out = ok(shared, f"%lxc create {name} -t hostfs --apparmor unconfined --config lxc.environment=FOO=1 --start")
+    assert f"created {name}" in out and "lxc.apparmor.profile = unconfined" in out and "RUNNING" in out
+    assert ok(shared, f"%lxc config get lxc.apparmor.profile -n {name}").strip().endswith("= unconfined")
+    assert ok(shared, f"%lxc config get lxc.net.0.type -n {name}").strip().endswith("= empty")  # no lxcbr0 needed
+    _, evalue, _ = fails(shared, f"%lxc create {name}")
+    assert "already exists" in evalue
+    ok(shared, f"%lxc log {name} --level INFO\n%lxc restart {name} --kill")
+    assert "NOTICE" in ok(shared, f"%lxc log {name} --lines 5")
+    out = ok(shared, f"%lxc freeze {name}\n%lxc unfreeze {name}\n%lxc stop {name} --kill\n%lxc start {name}")
+    assert [s for s in ("FROZEN", "RUNNING", "STOPPED", "RUNNING") if s in out] == ["FROZEN", "RUNNING", "STOPPED",
+                                                                                  "RUNNING"]
+    out = ok(shared, f"%lxc destroy {name}\necho shell-still-here")
+    assert f"destroyed {name}" in out and "shell-still-here" in out and name not in lxc_names()

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colors", action="store_true", help="keep colour codes in output")
     p.add_argument("--stderr", choices=["separate", "merged"], help="stderr as its own stream or merged")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="per-cell time limit")
+    p.add_argument("--output-limit", metavar="SIZE", help="output budget per cell: 200k, 2M, off (default 1M)")
     p.add_argument("--create-missing", nargs="?", const="busybox", choices=["busybox", "hostfs", "debian"],
                    metavar="KIND", help="create the container of KIND (default busybox) if it doesn't exist, "
                    "and start it")
@@ -128,6 +129,14 @@ def traits_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.timeout < 0:
             raise ConfigError("--timeout must be 0 (none) or more seconds")
         traits["cell_timeout"] = args.timeout
+    if args.output_limit is not None:
+        from .budget import parse_size
+
+        try:
+            parse_size(args.output_limit)
+        except ValueError as exc:
+            raise ConfigError(f"--output-limit: {exc}") from None
+        traits["output_limit"] = args.output_limit
     # One more pass through the value object the kernel itself builds.
     AttachOptions(traits["container"], tools=Tools(lxcpath=traits.get("lxcpath")), env=env_pairs(env))
     return traits

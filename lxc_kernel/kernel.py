@@ -15,7 +15,10 @@ from traitlets import Bool, Dict, Enum, Float, List, Unicode
 from . import __version__, ephemeral
 from .assist import Assistant
 from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
+from .budget import DEFAULT_LIMIT, parse_size
+from .cellio import CellIO, restore_echo
 from .complete import is_complete
+from .display import HELPER_NAME, HELPER_SCRIPT
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
 from .lxc import ADVICE, Container, State, Tools, list_names
 from .magics import run_magics, split_cell
@@ -86,6 +89,14 @@ class LXCKernel(Kernel):
     term = Unicode("xterm-256color", help="TERM inside the shell.").tag(config=True)
     cell_timeout = Float(0.0, help="Per-cell time limit in seconds; 0 for none.").tag(config=True)
     startup_timeout = Float(15.0, help="Seconds allowed for the shell to start.").tag(config=True)
+    output_limit = Unicode(
+        "1M",
+        help="Output budget per cell (200k, 2M, off): past it the notebook keeps the head and the tail, and "
+        "the whole output is saved to a file on the kernel's host. `%output` changes it.",
+    ).tag(config=True)
+    output_dir = Unicode(
+        "", help="Where over-budget output is saved on the host; empty for $TMPDIR/lxc-kernel-output."
+    ).tag(config=True)
     create_missing = Unicode(
         "",
         help="When the container does not exist, create it of this kind (busybox, hostfs, debian) and start "
@@ -156,6 +167,7 @@ class LXCKernel(Kernel):
             health_check=container.require_running,
         )
         session.start(timeout=self.startup_timeout)
+        self._install_helpers(session)
         self.shell_session = session
         self._options = options
         for warning in options.warnings:
@@ -179,6 +191,7 @@ class LXCKernel(Kernel):
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
     ) -> dict[str, Any]:
+        self._allow_stdin = allow_stdin  # what raw_input/getpass check (ipykernel's own kernel sets it too)
         try:
             return self._execute(code, silent)
         except KeyboardInterrupt:
@@ -203,8 +216,13 @@ class LXCKernel(Kernel):
         if not code.strip():
             return self._ok()
         session = self.ensure_session()
-        sink = (lambda stream, text: None) if silent else self._stream
-        result = self._run_interruptibly(session, code, sink)
+        cell = self.cell_io(session, silent)
+        try:
+            result = self._run_interruptibly(session, cell.source(code), cell.sink, stdin=cell.allow_stdin, hooks=cell)
+        finally:
+            cell.finish()
+        if cell.waiting is not None:
+            return self._error("StdinNotAllowed", cell.waiting_message())
         if result.interrupted:
             if result.timed_out:
                 return self._error("TimeoutError", f"the cell ran longer than {self.cell_timeout:g} s")
@@ -214,13 +232,13 @@ class LXCKernel(Kernel):
             return self._error("ExitStatus", describe_status(result.status))
         return self._ok()
 
-    def _run_interruptibly(self, session: ShellSession, code: str, sink: Any) -> RunResult:
+    def _run_interruptibly(self, session: ShellSession, code: str, sink: Any, **run: Any) -> RunResult:
         # ipykernel makes SIGINT raise KeyboardInterrupt during handlers; inside the read loop we
         # want it as a request instead, so the shell gets ^C and the loop resyncs in order.
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, lambda *_: session.request_interrupt()) if in_main else None
         try:
-            return session.run(code, sink, timeout=self.cell_timeout or None)
+            return session.run(code, sink, timeout=self.cell_timeout or None, **run)
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
@@ -341,6 +359,52 @@ class LXCKernel(Kernel):
         if verdict.status == "incomplete":
             reply["indent"] = verdict.indent
         return reply
+
+    # -- per-cell output, interactive input, rich display (issue 4) --------------------------------
+    def cell_io(self, session: ShellSession, silent: bool) -> CellIO:
+        """The output pipeline and read-loop hooks of one cell (cellio.py)."""
+        try:
+            budget = parse_size(self.output_limit)
+        except ValueError:
+            budget = DEFAULT_LIMIT
+        if not hasattr(self, "_display_ids"):
+            self._display_ids: set[str] = set()
+        quiet = lambda *_: None  # noqa: E731
+        return CellIO(
+            session,
+            emit_stream=quiet if silent else self._stream,
+            emit_display=quiet if silent else self._emit_display,
+            ask=self._ask if self._allow_stdin and not silent else None,
+            budget=budget,
+            spill_dir=self.output_dir or None,
+            display_ids=self._display_ids,
+        )
+
+    def _emit_display(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.send_response(self.iopub_socket, msg_type, content)
+
+    def _ask(self, prompt: str, password: bool) -> str:
+        """input_request to the frontend; ^C while waiting raises KeyboardInterrupt (ipykernel's contract)."""
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
+        try:
+            return self.getpass(prompt) if password else self.raw_input(prompt)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+
+    def _install_helpers(self, session: ShellSession) -> None:
+        """Put ``jdisplay`` (display.py) on the shell's PATH, in the session directory."""
+        if session.info is None:
+            return
+        bin_dir = f"{session.info.session_dir}/bin"
+        try:
+            session.query(f"mkdir -p '{bin_dir}'", timeout=5)
+            session.upload(f"{bin_dir}/{HELPER_NAME}", HELPER_SCRIPT.encode())
+            session.query(f"chmod 755 '{bin_dir}/{HELPER_NAME}'; PATH=\"$PATH:{bin_dir}\"", timeout=5)
+        except LxcKernelError as exc:
+            log.warning("could not install %s: %s", HELPER_NAME, exc)
+        restore_echo(session)  # echo on between cells: how interactive input tells a password prompt
 
     # -- shutdown -------------------------------------------------------------------------------
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]

@@ -1119,6 +1119,29 @@ def stderr_magic(host: Host, args: list[str]) -> None:
     _reattach(host, previous, f"stderr {mode}")
 
 
+@magic("output")
+def output_magic(host: Host, args: list[str]) -> None:
+    """%output [SIZE|off]: the output budget per cell (e.g. 200k, 2M); without an argument, show it.
+
+    Past the budget the notebook keeps the first SIZE characters and the last quarter of SIZE, with a
+    notice saying how much was left out and the file on the kernel's host where the whole output was
+    saved. Applies from the next cell. Kernelspec: --output-limit SIZE (default 1M).
+    """
+    from .budget import human, parse_size
+
+    p = MagicParser(prog="%output")
+    p.add_argument("size", nargs="?", metavar="SIZE|off")
+    ns = p.parse_args(args)
+    if ns.size is not None:
+        try:
+            limit = parse_size(ns.size)
+        except ValueError as exc:
+            raise UsageError(f"%output: {exc}\n{p.format_usage().strip()}") from None
+        host.output_limit = ns.size.strip() if limit else "off"  # type: ignore[attr-defined]
+    limit = parse_size(getattr(host, "output_limit", "1M"))
+    _say(host, f"output budget: {human(limit)} per cell" if limit else "output budget: off")
+
+
 @magic("lsmagic")
 def lsmagic_magic(host: Host, args: list[str]) -> None:
     """%lsmagic: list the magics, each with its one-line summary."""

@@ -1,0 +1,223 @@
+"""One cell's output and input, between the session's read loop and the kernel's messages.
+
+The session hands over cleaned text per stream; this pipeline turns it into what the frontend sees:
+
+1. ``jdisplay`` frames with this cell's token become ``display_data``/``update_display_data`` (display.py);
+2. with stdin allowed, a partial last line is held back briefly: if a command then waits for terminal
+   input (stdin.py), that line is the prompt of an ``input_request`` instead of output, and the echo of
+   the typed reply is removed from the output (the frontend shows the reply itself);
+3. the output budget keeps head and tail and spills the rest to a host file (budget.py).
+
+As :class:`RunHooks` it also acts in the read loop: echo on while the cell runs (so ``ECHO`` off at a
+prompt really means a secret is being read), echo off before ^C (so ^C and the resync line are not
+echoed), and on idle, the check for a command waiting for input. Nothing here imports ipykernel: the
+kernel passes callables for messages and for asking the user.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .budget import OutputBudget
+from .display import ENV_VAR, HELPER_NAME, DisplayFrame, DisplayParser, bundle, new_display_token
+from .session import RunHooks, ShellSession
+from .stdin import Waiter, find_waiter, set_echo
+
+Ask = Callable[[str, bool], str]  # ask(prompt, password) -> reply; raises EOFError or KeyboardInterrupt
+EmitStream = Callable[[str, str], None]
+EmitDisplay = Callable[[str, dict[str, Any]], None]  # (msg_type, content)
+
+# What an echoed resync line looks like, should echo have been on when ^C arrived (bash restores its
+# saved terminal state after a job dies of SIGINT, and that state may have echo on).
+_SYNC_ECHO_RE = re.compile(r"(?:\^C)*__lxck_pre [0-9a-f]+ [0-9a-f]+[^\n]*(?:\n|$)|\^C(?=\n|$)")
+
+
+def restore_echo(session: ShellSession) -> None:
+    """Turn echo on *from inside* the shell, so it holds from the next cell's first instant.
+
+    A line editor (readline, ash) saves the terminal's mode at its prompt and restores that mode
+    after reading a line, so echo set from the host while the shell sits at its prompt is undone
+    before the cell runs; set while a line runs, it is what the next prompt saves. Echo on between
+    cells means a command that turns it off (``read -s``, getpass) is seen to do so; setting it from
+    the host when the cell starts instead would race with a ``read -s`` that runs at once.
+    """
+    try:
+        # A query's stdin is /dev/null; its stdout is the terminal.
+        session.query("stty echo <&1 2>/dev/null", timeout=2.0)
+    except Exception:  # the cell's own hooks still turn echo on when it starts
+        pass
+
+
+class CellIO(RunHooks):
+    def __init__(
+        self,
+        session: ShellSession,
+        *,
+        emit_stream: EmitStream,
+        emit_display: EmitDisplay,
+        ask: Ask | None,
+        budget: int,
+        spill_dir: str | None = None,
+        display_ids: set[str] | None = None,
+    ) -> None:
+        self.session = session
+        self.emit_display = emit_display
+        self.ask = ask
+        self.allow_stdin = ask is not None
+        self.token = new_display_token()
+        self.display = DisplayParser(self.token)
+        self.budget = OutputBudget(emit_stream, budget, spill_dir=spill_dir)
+        self.display_ids = display_ids if display_ids is not None else set()
+        self.waiting: tuple[Waiter, str] | None = None  # a command waited but stdin is not allowed
+        self.inputs = 0
+        self._pending: dict[str, str] = {}  # stream -> partial last line held back (stdin allowed only)
+        self._last_stream = "stdout"
+        self._echo = ""  # the typed reply whose echo is still expected on stdout
+        self._echo_on = False
+        self._interrupting = False
+
+    def source(self, code: str) -> str:
+        """The cell's text with this cell's display token in front (the group hides it from ``set -x``)."""
+        return f"{{ {ENV_VAR}={self.token}; export {ENV_VAR}; }} 2>/dev/null; {code}"
+
+    # -- output ---------------------------------------------------------------------------------------
+    def sink(self, stream: str, text: str) -> None:
+        if stream != "stdout":
+            self._text(stream, text)
+            return
+        for item in self.display.feed(text):
+            if isinstance(item, DisplayFrame):
+                self._flush_pending()
+                self._show(item)
+            else:
+                self._text("stdout", item)
+
+    def _text(self, stream: str, text: str) -> None:
+        if stream == "stdout" and self._echo:
+            text = self._strip_echo(text)
+        if self._interrupting:
+            text = _SYNC_ECHO_RE.sub("", text)
+        if not text:
+            return
+        self._last_stream = stream
+        if not self.allow_stdin:
+            self.budget.add(stream, text)
+            return
+        for other in [s for s in self._pending if s != stream]:
+            self.budget.add(other, self._pending.pop(other))
+        text = self._pending.pop(stream, "") + text
+        cut = text.rfind("\n") + 1
+        if cut < len(text):
+            self._pending[stream] = text[cut:]
+        if cut:
+            self.budget.add(stream, text[:cut])
+
+    def _strip_echo(self, text: str) -> str:
+        n = 0
+        while n < len(text) and n < len(self._echo) and text[n] == self._echo[n]:
+            n += 1
+        if n == len(text):
+            self._echo = self._echo[n:]
+            return ""
+        self._echo = ""  # the echo is done (or was never there)
+        return text[n:]
+
+    def _flush_pending(self) -> None:
+        for stream in list(self._pending):
+            self.budget.add(stream, self._pending.pop(stream))
+
+    def _show(self, frame: DisplayFrame) -> None:
+        data, error = bundle(frame)
+        if error:
+            self.budget.add("stderr", error + "\n")
+            return
+        content: dict[str, Any] = {"data": data, "metadata": {}, "transient": {}}
+        msg_type = "display_data"
+        if frame.display_id:
+            content["transient"] = {"display_id": frame.display_id}
+            if frame.update or frame.display_id in self.display_ids:
+                msg_type = "update_display_data"
+            if frame.update and frame.display_id not in self.display_ids:
+                self.budget.add("stderr", f"{HELPER_NAME}: no output with id {frame.display_id!r} to update\n")
+                return
+            self.display_ids.add(frame.display_id)
+        self.emit_display(msg_type, content)
+
+    def finish(self) -> None:
+        """The cell ended: release held text, report broken frames, apply the budget's ending."""
+        for item in self.display.flush():
+            if isinstance(item, str):
+                self._text("stdout", item)
+        for error in self.display.errors:
+            self.budget.add("stderr", error + "\n")
+        self._flush_pending()
+        self.budget.finish()
+        if self._interrupting and self.session.alive:
+            restore_echo(self.session)
+
+    # -- hooks from the read loop -------------------------------------------------------------------
+    def started(self) -> None:
+        if self.allow_stdin and self.session.shell_host_pid:
+            self._echo_on = set_echo(self.session.shell_host_pid, True)
+
+    def interrupting(self) -> None:
+        # Echo off before ^C, or the terminal would echo "^C" and the resync line into the output.
+        pid = self.session.shell_host_pid
+        first = not self._interrupting
+        self._interrupting = True
+        if not pid:
+            return
+        set_echo(pid, False)
+        self._echo_on = False
+        waiter = find_waiter(pid) if first else None
+        if waiter is not None and waiter.pid == pid:
+            # The shell's own `read` builtin is waiting. bash notices ^C only once read(2) returns,
+            # and keeps what it read in the builtin's buffer: the resync line typed behind ^C came
+            # out of the *next* `read`, even one reading /dev/null. Feed it an empty line instead.
+            self.session.send_input(b"\x03")
+            time.sleep(0.02)
+            self.session.send_input(b"\n")
+            time.sleep(0.03)
+
+    def idle(self) -> None:
+        pid = self.session.shell_host_pid
+        waiter = find_waiter(pid) if pid else None
+        if waiter is None:
+            self._flush_pending()
+            return
+        prompt = self._pending.pop(self._last_stream, "")
+        self._flush_pending()
+        if self.ask is None:
+            self.waiting = (waiter, prompt)
+            self.session.request_interrupt()
+            return
+        try:
+            reply = self.ask(prompt, waiter.password)
+        except EOFError:
+            self.session.send_input(b"\x04")  # the frontend sent ^D: end of input
+            return
+        except KeyboardInterrupt:
+            self.session.request_interrupt()
+            return
+        self.inputs += 1
+        self._echo = "" if waiter.password else reply + "\n"
+        self.session.send_input(reply.encode("utf-8", "replace") + b"\n")
+
+    def waiting_message(self) -> str:
+        assert self.waiting is not None
+        waiter, prompt = self.waiting
+        shown = f" after printing {prompt.strip()!r}" if prompt.strip() else ""
+        kind = "a password" if waiter.password else "input"
+        return (
+            f"`{_short(waiter.command)}` was waiting for {kind} on the terminal{shown}, but this frontend "
+            "does not send input (allow_stdin is false, as in nbconvert and papermill), so the cell was "
+            "stopped. Give the command its input another way (a pipe, a here-document, a file, "
+            "options such as -y), or run the cell in a frontend that allows input."
+        )
+
+
+def _short(command: str, limit: int = 80) -> str:
+    return command if len(command) <= limit else command[: limit - 1] + "…"

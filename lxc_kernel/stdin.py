@@ -1,0 +1,250 @@
+"""Detect, from the host, a command inside the container that waits for input on its terminal.
+
+The shell's process tree is visible from the host under ``/proc`` (the shell is a child of
+lxc-attach). A command waits for the user when it is in the terminal's foreground process group,
+asleep, and inside a ``read`` of a terminal or a ``select``/``poll`` that watches one (GNU readline,
+as in ``python3 -c 'input()'``, waits in ``select``). ``/proc/PID/syscall`` names the system call and its
+arguments; for ``select``/``poll`` the fd sets are read from ``/proc/PID/mem`` (the kernel runs as root).
+
+The terminal's mode says what kind of prompt it is: with ``ECHO`` off and ``ICANON`` on, the command
+turned echo off to read a secret (``read -s``, ``getpass``, ``sudo``); a line editor (readline, ash)
+turns both off and echoes by itself, so that is not a password.
+
+Parsing is pure (``parse_stat``, ``parse_syscall``, ``fds_in_select``/``fds_in_poll``); the
+``/proc`` readers around it are small and return None on any race with an exiting process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+import termios
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Syscall numbers of the waits we recognise, per architecture (asm/unistd_64.h, asm-generic/unistd.h).
+_SYSCALLS = {
+    "x86_64": {0: "read", 17: "pread64", 19: "readv", 7: "poll", 23: "select", 270: "pselect6", 271: "ppoll"},
+    "aarch64": {63: "read", 67: "pread64", 65: "readv", 72: "pselect6", 73: "ppoll"},
+}
+SYSCALLS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
+
+_TTY_PREFIXES = ("/dev/pts/", "/dev/tty", "/dev/console")
+_POLLIN = 0x001
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A process blocked reading the terminal."""
+
+    pid: int
+    command: str  # its command line, for messages
+    fd: int  # the terminal fd it reads
+    password: bool  # echo off in canonical mode: a secret is being read
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    tpgid: int
+
+
+def parse_stat(text: str) -> ProcStat:
+    """``/proc/PID/stat``: the command name is in parentheses and may itself contain ``)`` or spaces."""
+    left, _, right = text.rpartition(")")
+    pid_s, _, comm = left.partition(" (")
+    fields = right.split()
+    return ProcStat(int(pid_s), comm, fields[0], int(fields[1]), int(fields[2]), int(fields[5]))
+
+
+def parse_syscall(text: str) -> tuple[str, list[int]] | None:
+    """``/proc/PID/syscall`` -> (name, args) for a recognised wait; None when running or anything else."""
+    parts = text.split()
+    if not parts or not parts[0].lstrip("-").isdigit():
+        return None  # "running"
+    name = SYSCALLS.get(int(parts[0]))
+    if name is None:
+        return None
+    return name, [int(p, 16) for p in parts[1:7]]
+
+
+def fds_in_select(readfds: bytes, nfds: int) -> list[int]:
+    """The fds set in a ``fd_set`` bitmap (little-endian longs, as on x86_64 and aarch64)."""
+    out = []
+    for fd in range(min(nfds, len(readfds) * 8)):
+        if readfds[fd // 8] & (1 << (fd % 8)):
+            out.append(fd)
+    return out
+
+
+def fds_in_poll(pollfds: bytes) -> list[int]:
+    """The fds polled for input in an array of ``struct pollfd {int fd; short events; short revents;}``."""
+    out = []
+    for offset in range(0, len(pollfds) - 7, 8):
+        fd, events, _ = struct.unpack_from("=ihh", pollfds, offset)
+        if fd >= 0 and events & _POLLIN:
+            out.append(fd)
+    return out
+
+
+def is_password_mode(lflag: int) -> bool:
+    return not lflag & termios.ECHO and bool(lflag & termios.ICANON)
+
+
+# -- /proc readers ----------------------------------------------------------------------------------
+
+
+def _read(path: str, binary: bool = False) -> str | bytes | None:
+    try:
+        with open(path, "rb" if binary else "r") as fh:
+            return fh.read()
+    except (OSError, ValueError):
+        return None
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it, parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            text = _read(f"/proc/{entry}/stat")
+            if isinstance(text, str):
+                try:
+                    children.setdefault(parse_stat(text).ppid, []).append(int(entry))
+                except (ValueError, IndexError):
+                    continue
+    out, todo = [root], [root]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _tty_fds(pid: int, fds: Iterable[int]) -> list[int]:
+    out = []
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(_TTY_PREFIXES):
+            out.append(fd)
+    return out
+
+
+def _is_pts(pid: int, fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/pts/")
+    except OSError:
+        return False
+
+
+def _read_mem(pid: int, address: int, size: int) -> bytes | None:
+    if address == 0 or size <= 0 or size > 1 << 16:
+        return None
+    try:
+        with open(f"/proc/{pid}/mem", "rb") as fh:
+            fh.seek(address)
+            return fh.read(size)
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
+def waiting_fds(pid: int) -> list[int]:
+    """Terminal fds that ``pid`` is blocked reading right now (empty if it isn't)."""
+    text = _read(f"/proc/{pid}/syscall")
+    parsed = parse_syscall(text) if isinstance(text, str) else None
+    if parsed is None:
+        return []
+    name, args = parsed
+    if name in ("read", "pread64", "readv"):
+        candidates = [args[0]]
+    elif name in ("select", "pselect6"):
+        nfds = args[0]
+        mem = _read_mem(pid, args[1], (nfds + 7) // 8) if 0 < nfds <= 4096 else None
+        candidates = fds_in_select(mem, nfds) if mem else []
+    else:  # poll, ppoll
+        nfds = args[1]
+        mem = _read_mem(pid, args[0], 8 * nfds) if 0 < nfds <= 1024 else None
+        candidates = fds_in_poll(mem) if mem else []
+    return _tty_fds(pid, candidates)
+
+
+def terminal_lflag(pid: int, fd: int = 0) -> int | None:
+    """The local-mode flags of the terminal ``pid`` has open as ``fd`` (O_NOCTTY: never adopt it)."""
+    try:
+        tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return termios.tcgetattr(tty)[3]
+    except termios.error:
+        return None
+    finally:
+        os.close(tty)
+
+
+def set_echo(pid: int, on: bool, fd: int = 0) -> bool:
+    """Turn the terminal's echo on or off, from the host; False if it could not be done."""
+    try:
+        tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        attrs = termios.tcgetattr(tty)
+        attrs[3] = attrs[3] | termios.ECHO if on else attrs[3] & ~termios.ECHO
+        termios.tcsetattr(tty, termios.TCSANOW, attrs)
+        return True
+    except termios.error:
+        return False
+    finally:
+        os.close(tty)
+
+
+def command_line(pid: int) -> str:
+    raw = _read(f"/proc/{pid}/cmdline", binary=True)
+    if isinstance(raw, bytes) and raw:
+        return " ".join(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)
+    comm = _read(f"/proc/{pid}/comm")
+    return comm.strip() if isinstance(comm, str) else f"pid {pid}"
+
+
+def find_waiter(shell_pid: int) -> Waiter | None:
+    """The process of the shell's session that waits for terminal input, if one does.
+
+    Only the terminal's foreground process group counts: a background job reading the terminal
+    would be stopped (SIGTTIN), not waiting. The shell itself is a candidate: ``read`` is a builtin.
+    """
+    stat_text = _read(f"/proc/{shell_pid}/stat")
+    if not isinstance(stat_text, str):
+        return None
+    for pid in reversed(descendants(shell_pid)):  # deepest first: the reader, not its parent
+        text = _read(f"/proc/{pid}/stat")
+        if not isinstance(text, str):
+            continue
+        try:
+            stat = parse_stat(text)
+        except (ValueError, IndexError):
+            continue
+        if stat.state != "S" or (stat.tpgid > 0 and stat.pgrp != stat.tpgid):
+            continue
+        fds = waiting_fds(pid)
+        if not fds:
+            continue
+        # Read the mode through a /dev/pts link: a /dev/tty link opened from the host would mean the
+        # *kernel's* controlling terminal (none), not the container's.
+        lflag = None
+        for owner, fd in [*((pid, fd) for fd in (*fds, 0, 1, 2)), (shell_pid, 0)]:
+            if _is_pts(owner, fd):
+                lflag = terminal_lflag(owner, fd)
+                if lflag is not None:
+                    break
+        password = lflag is not None and is_password_mode(lflag)
+        return Waiter(pid, command_line(pid), fds[0], password)
+    return None

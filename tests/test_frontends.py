@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import Kernel
 
 
@@ -144,3 +143,251 @@ def test_is_complete_table(kernel: Kernel, code: str, status: str) -> None:
     # ...and the shell agrees: the complete forms run, the invalid one is a syntax error.
     if status == "complete":
         assert kernel.execute(code).status == "ok"
+
+
+# -- interactive input ------------------------------------------------------------------------------
+
+
+def run_with_input(kernel: Kernel, code: str, replies: list[str], timeout: float = 30) -> tuple[Any, list[dict]]:
+    """Execute with stdin allowed, answering each input_request with the next reply."""
+    from queue import Empty
+
+    kc = kernel.kc
+    msg_id = kc.execute(code, allow_stdin=True)
+    requests: list[dict] = []
+    messages: list[dict] = []
+    deadline = time.monotonic() + timeout
+    idle = False
+    while not idle:
+        assert time.monotonic() < deadline, f"no idle within {timeout} s; requests={requests}"
+        try:
+            req = kc.get_stdin_msg(timeout=0.02)
+            requests.append(req["content"])
+            kc.input(replies.pop(0) if replies else "\x04")
+        except Empty:
+            pass
+        try:
+            msg = kc.get_iopub_msg(timeout=0.02)
+        except Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status":
+            idle = msg["content"]["execution_state"] == "idle"
+        elif msg["msg_type"] != "execute_input":
+            messages.append(msg)
+    reply = _reply(kernel, msg_id)
+    from conftest import Result
+
+    return Result({"content": reply}, messages), requests
+
+
+@pytest.mark.timeout(60)
+def test_read_prompts_and_gets_the_reply(kernel: Kernel) -> None:
+    r, requests = run_with_input(kernel, 'read -p "Name? " n; echo "hello $n"', ["alice"])
+    assert requests == [{"prompt": "Name? ", "password": False}]
+    assert r.status == "ok"
+    assert r.stream() == "hello alice\n"  # the echo of the reply is not repeated
+
+
+@pytest.mark.timeout(60)
+def test_yes_no_question_on_stdout(kernel: Kernel) -> None:
+    r, requests = run_with_input(kernel, 'printf "Continue? [Y/n] "; read a; echo "answer=$a"', ["n"])
+    assert [q["prompt"] for q in requests] == ["Continue? [Y/n] "]
+    assert r.stream() == "answer=n\n"
+
+
+@pytest.mark.timeout(60)
+def test_silent_read_is_a_password_prompt(kernel: Kernel) -> None:
+    r, requests = run_with_input(kernel, 'read -s -p "Password: " p; echo; echo "length ${#p}"', ["hunter2"])
+    assert requests == [{"prompt": "Password: ", "password": True}]
+    assert "hunter2" not in r.stream() + r.stream("stderr")
+    assert r.stream().endswith("length 7\n")
+
+
+@pytest.mark.timeout(60)
+def test_two_reads_in_one_cell(kernel: Kernel) -> None:
+    r, requests = run_with_input(kernel, 'read -p "a? " a; read -p "b? " b; echo "$a-$b"', ["1", "2"])
+    assert [q["prompt"] for q in requests] == ["a? ", "b? "]
+    assert r.stream() == "1-2\n"
+
+
+@pytest.mark.timeout(60)
+def test_python_input_and_getpass(containers: dict[str, str]) -> None:
+    from conftest import start_kernel
+
+    k = start_kernel(containers["bash"])  # busybox has no python3
+    try:
+        r, requests = run_with_input(k, "python3 -c 'print(\"x=\" + input(\"x? \"))'", ["42"])
+        assert requests == [{"prompt": "x? ", "password": False}]  # readline's raw mode is not a password
+        assert r.stream() == "x=42\n"
+        r, requests = run_with_input(
+            k, "python3 -c 'import getpass; print(len(getpass.getpass(\"PW: \")))'", ["secret"]
+        )
+        assert requests == [{"prompt": "PW: ", "password": True}]
+        assert "secret" not in r.stream() and r.stream().strip() == "6"
+    finally:
+        k.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_interrupt_while_waiting_for_input(kernel: Kernel) -> None:
+    """Regression: the stop button while the frontend shows an input box must end the cell."""
+    from queue import Empty
+
+    kc = kernel.kc
+    msg_id = kc.execute('read -p "never answered? " x; echo after', allow_stdin=True)
+    kc.get_stdin_msg(timeout=10)
+    start = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply = _reply(kernel, msg_id, timeout=10)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - start < 3
+    with pytest.raises(Empty):
+        kc.get_stdin_msg(timeout=0.3)
+    r = kernel.execute("echo still here")
+    assert r.stream() == "still here\n"
+
+
+@pytest.mark.timeout(60)
+def test_interrupting_cat_with_stdin_does_not_echo_the_resync(kernel: Kernel) -> None:
+    """Regression: bash restores a terminal state with echo on after ^C; the resync line must not show."""
+    kc = kernel.kc
+    msg_id = kc.execute("cat", allow_stdin=True)
+    kc.get_stdin_msg(timeout=10)
+    kernel.km.interrupt_kernel()
+    reply = _reply(kernel, msg_id, timeout=10)
+    assert reply["status"] == "error"
+    r = kernel.execute("echo next")
+    assert r.stream() == "next\n"
+    assert "__lxck" not in r.stream()
+
+
+@pytest.mark.timeout(60)
+def test_without_stdin_read_gets_end_of_file(kernel: Kernel) -> None:
+    r = kernel.execute('read -p "Name? " n; echo "rc=$? n=[$n]"', allow_stdin=False, timeout=10)
+    assert r.stream() == "rc=1 n=[]\n"
+
+
+@pytest.mark.timeout(60)
+def test_without_stdin_a_tty_reader_fails_fast_naming_it(containers: dict[str, str]) -> None:
+    """getpass reads /dev/tty, not stdin: without stdin it would hang; it must fail fast instead."""
+    from conftest import start_kernel
+
+    for name in containers.values():
+        k = start_kernel(name)
+        try:
+            code = "sh -c 'printf \"Secret: \" >/dev/tty; read s </dev/tty'; echo after"
+            start = time.monotonic()
+            r = k.execute(code, allow_stdin=False, timeout=20)
+            assert time.monotonic() - start < 3
+            assert r.status == "error"
+            assert r.errors and r.errors[0]["ename"] == "StdinNotAllowed"
+            assert "sh -c" in r.errors[0]["evalue"] and "Secret:" in r.errors[0]["evalue"]
+            assert "after" not in r.stream()
+            assert k.execute("echo ok").stream() == "ok\n"
+        finally:
+            k.shutdown()
+
+
+# -- rich output ------------------------------------------------------------------------------------
+
+PNG_1PX = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.timeout(60)
+def test_display_helper_shows_images_html_markdown_json(kernel: Kernel) -> None:
+    code = (
+        f"printf '%s' {PNG_1PX} | base64 -d > /tmp/lxck-1px.png && jdisplay /tmp/lxck-1px.png;"
+        " printf '<svg xmlns=\"http://www.w3.org/2000/svg\"/>' > /tmp/lxck.svg && jdisplay /tmp/lxck.svg;"
+        " echo '<b>bold</b>' | jdisplay --html; echo '# Title' | jdisplay --markdown;"
+        ' echo \'{"a": [1, 2]}\' | jdisplay --json; echo done'
+    )
+    r = kernel.execute(code)
+    assert r.status == "ok", r.reply
+    data = [m["content"]["data"] for m in r.of_type("display_data")]
+    assert data[0]["image/png"] == PNG_1PX
+    assert data[1]["image/svg+xml"].startswith("<svg")
+    assert data[2]["text/html"] == "<b>bold</b>\n"
+    assert data[3]["text/markdown"] == "# Title\n"
+    assert data[4]["application/json"] == {"a": [1, 2]}
+    assert r.stream() == "done\n"
+
+
+@pytest.mark.timeout(60)
+def test_display_id_updates_in_place(kernel: Kernel) -> None:
+    r = kernel.execute("echo one | jdisplay --id progress; echo two | jdisplay --id progress")
+    kinds = [(m["msg_type"], m["content"]["transient"].get("display_id")) for m in r.messages]
+    assert kinds == [("display_data", "progress"), ("update_display_data", "progress")]
+    r = kernel.execute("echo three | jdisplay --update --id progress")
+    assert [m["msg_type"] for m in r.messages] == ["update_display_data"]
+
+
+@pytest.mark.timeout(60)
+def test_lookalike_frames_are_text(kernel: Kernel) -> None:
+    r = kernel.execute("echo hi | jdisplay --html > /tmp/lxck-frame.txt; echo saved")
+    assert not r.of_type("display_data") and r.stream() == "saved\n"
+    r = kernel.execute("cat /tmp/lxck-frame.txt")  # an earlier cell's frame: wrong token now
+    assert not r.of_type("display_data")
+    assert "<<lxck-display:" in r.stream() and "BEGIN text/html" in r.stream()
+    old = "0123456789abcdef01234567"
+    fake = f"<<lxck-display:{old}:BEGIN text/html b64 - 0>>\\naGk=\\n<<lxck-display:{old}:END>>"
+    r = kernel.execute(f"printf '{fake}\\n'")
+    assert not r.of_type("display_data") and "BEGIN text/html" in r.stream()
+
+
+# -- output budget ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_output_budget_keeps_head_and_tail_and_saves_the_rest(kernel: Kernel) -> None:
+    r = kernel.execute("%output 100k\nseq 1 200000", timeout=60)
+    assert r.status == "ok"
+    out = r.stream()
+    assert out.startswith("output budget: 100.0 kB per cell\n1\n2\n3\n")
+    assert out.endswith("199999\n200000\n")
+    assert len(out) < 150_000
+    notice = r.stream("stderr")
+    assert "left out" in notice
+    path = notice.split("saved on the kernel's host in ")[1].split()[0].rstrip(".")
+    with open(path) as fh:
+        saved = fh.read()
+    assert saved == "".join(f"{i}\n" for i in range(1, 200001))
+    kernel.execute("%output 1M")
+
+
+@pytest.mark.timeout(120)
+def test_interrupt_during_a_flood_and_memory_stays_bounded(kernel: Kernel) -> None:
+    import threading
+
+    from conftest import descendants  # noqa: F401  (kernel pid tree helper; not needed here)
+
+    kc = kernel.kc
+    msg_id = kc.execute("yes")
+    peak = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with open(f"/proc/{kernel.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    time.sleep(3)
+    start = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply = _reply(kernel, msg_id, timeout=20)
+    elapsed = time.monotonic() - start
+    stop.set()
+    t.join()
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert elapsed < 3
+    assert peak[0] < 150_000, f"peak RSS {peak[0]} kB"
+    r = kernel.execute("echo alive")
+    assert r.stream() == "alive\n"

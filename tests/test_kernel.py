@@ -80,9 +80,11 @@ def test_unclosed_quote_and_if_without_fi_give_syntax_errors(kernel: Kernel) -> 
 
 
 def test_read_and_cat_get_end_of_file(kernel: Kernel) -> None:
-    r = kernel.execute('read x; echo "rc=$? x=[$x]"; cat; echo after', timeout=10)
+    # A frontend without stdin (nbconvert, papermill): commands get end-of-file. With stdin allowed
+    # (jupyter_client's default) they would prompt instead: see test_frontends.py.
+    r = kernel.execute('read x; echo "rc=$? x=[$x]"; cat; echo after', timeout=10, allow_stdin=False)
     assert r.stream() == "rc=1 x=[]\nafter\n"
-    r = kernel.execute("read a\necho next line runs", timeout=10)
+    r = kernel.execute("read a\necho next line runs", timeout=10, allow_stdin=False)
     assert "next line runs" in r.stream()
 
 

@@ -391,3 +391,27 @@ def test_interrupt_during_a_flood_and_memory_stays_bounded(kernel: Kernel) -> No
     assert peak[0] < 150_000, f"peak RSS {peak[0]} kB"
     r = kernel.execute("echo alive")
     assert r.stream() == "alive\n"
+
+
+# -- the demo notebook ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kernel_name", ["lxck-test-sh", "lxck-test-bash"])
+def test_rich_and_input_notebook_runs_in_batch(jupyter_path: str, kernel_name: str) -> None:
+    """notebooks/rich_and_input.ipynb in nbclient (no stdin): every input cell falls back, rich output shows."""
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "rich_and_input.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, kernel_name=kernel_name, timeout=60).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    kinds = {mime for o in outputs if o.output_type == "display_data" for mime in o.data}
+    assert {"image/svg+xml", "image/png", "text/html", "text/markdown", "application/json"} <= kinds
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "Hello, batch user!" in text and "proceeding" in text and "0 characters" in text
+    assert "left out" in text and "100000\n" in text
+    assert not [o for o in outputs if o.output_type == "error"]

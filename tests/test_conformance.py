@@ -1,0 +1,44 @@
+"""The jupyter_kernel_test conformance suite, against the busybox and the bash container."""
+
+from __future__ import annotations
+
+import unittest
+
+import jupyter_kernel_test as jkt
+import pytest
+from conftest import install_test_kernelspecs
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class _LxcKernelTests(jkt.KernelTests):
+    kernel_name = ""
+    language_name = "bash"
+    file_extension = ".sh"
+    code_hello_world = "echo 'hello, world'"
+    code_stderr = "echo 'oops' >&2"
+    code_generate_error = "false"
+    # Completion, inspection and is_complete (issue 4): answered by the live shell / the host's bash -n.
+    completion_samples = [{"text": "ech", "matches": {"echo"}}, {"text": "echo $HOM", "matches": {"$HOME"}}]  # noqa: RUF012
+    complete_code_samples = ["echo hi", "for i in 1 2; do echo $i; done", "cat <<EOF\nx\nEOF"]  # noqa: RUF012
+    incomplete_code_samples = ["for i in 1 2; do", "echo 'unclosed", "cat <<EOF\nx", "if true; then"]  # noqa: RUF012
+    invalid_code_samples = ["fi", "done", ")"]  # noqa: RUF012
+    code_inspect_sample = "cd"
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if not cls.kernel_name:
+            raise unittest.SkipTest("abstract base")
+        install_test_kernelspecs()
+        super().setUpClass()
+
+
+class TestBusyboxConformance(_LxcKernelTests):
+    kernel_name = "lxck-test-sh"
+
+
+class TestBashConformance(_LxcKernelTests):
+    kernel_name = "lxck-test-bash"
+
+
+del _LxcKernelTests  # keep pytest from collecting the abstract base

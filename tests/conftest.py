@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
+from lxc_kernel.install import kernel_spec
 from lxc_kernel.provision import ensure_container
 from lxc_kernel.session import descendants  # noqa: F401 - re-exported for tests
 
@@ -54,6 +56,10 @@ def install_test_kernelspecs() -> str:
                 check=True, capture_output=True,
             )
         _SPECS_DIR = os.path.join(prefix, "share", "jupyter")
+        plain = os.path.join(_SPECS_DIR, "kernels", "lxck-test-plain")
+        os.makedirs(plain)
+        with open(os.path.join(plain, "kernel.json"), "w") as fh:
+            json.dump(kernel_spec(display_name="lxc-kernel tests"), fh)
     os.environ["JUPYTER_PATH"] = _SPECS_DIR
     return _SPECS_DIR
 
@@ -134,7 +140,11 @@ class Kernel:
 
 
 def start_kernel(container: str, *extra: str, env: dict[str, str] | None = None) -> Kernel:
-    return Kernel("lxc", [f"--LXCKernel.container={container}", *extra], env=env)
+    """A kernel like the shipped `lxc` spec but without its zero-setup defaults (create a missing
+    container, start a stopped one), so that the tests see what a missing or stopped container does.
+    (traitlets refuses a second value for the same option, so they can't be overridden per kernel.)"""
+    install_test_kernelspecs()
+    return Kernel("lxck-test-plain", [f"--LXCKernel.container={container}", *extra], env=env)
 
 
 @pytest.fixture(params=["sh", "bash"], scope="module")

@@ -58,6 +58,8 @@ def test_default_kernelspec_is_registered_by_pip_install() -> None:
 
     spec = KernelSpecManager().get_kernel_spec("lxc")
     assert spec.argv[:3] == ["python", "-m", "lxc_kernel"] and spec.language == "bash"
+    # zero setup: the default container is created (GNU bash, no download) and started on demand
+    assert "--LXCKernel.create_missing=hostfs" in spec.argv and "--LXCKernel.start_stopped=True" in spec.argv
 
 
 def test_kernel_spec_dict() -> None:

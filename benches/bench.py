@@ -166,26 +166,10 @@ def proc_cmdline(pid: int) -> str:
 
 
 def descendants(root: int) -> dict[int, str]:
-    """PID -> cmdline of every live descendant of ``root`` (scan of /proc by PPid)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out[child] = proc_cmdline(child)
-                todo.append(child)
-    return out
+    """PID -> cmdline of every live descendant of ``root`` (the kernel's own /proc walk)."""
+    from lxc_kernel.session import descendants as pids_below
+
+    return {pid: proc_cmdline(pid) for pid in pids_below(root)}
 
 
 def still_alive(procs: dict[int, str]) -> dict[int, str]:

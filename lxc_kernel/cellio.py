@@ -8,9 +8,10 @@ The session hands over cleaned text per stream; this pipeline turns it into what
    the typed reply is removed from the output (the frontend shows the reply itself);
 3. the output budget keeps head and tail and spills the rest to a host file (budget.py).
 
-As :class:`RunHooks` it also acts in the read loop: echo on while the cell runs (so ``ECHO`` off at a
-prompt really means a secret is being read), echo off before ^C (so ^C and the resync line are not
-echoed), and on idle, the check for a command waiting for input. Nothing here imports ipykernel: the
+Echo stays on in the terminal between cells (set from inside the shell, :func:`restore_echo`), so
+``ECHO`` off at a prompt really means a secret is being read. As :class:`RunHooks` this also acts in
+the read loop: echo off before ^C (so ^C and the resync line are not echoed), and on idle, the check
+for a command waiting for input. Nothing here imports ipykernel: the
 kernel passes callables for messages and for asking the user.
 """
 
@@ -51,6 +52,19 @@ def restore_echo(session: ShellSession) -> None:
         pass
 
 
+def drain_read_buffer(session: ShellSession) -> None:
+    """Empty bash's `read` builtin buffer after that builtin was interrupted.
+
+    bash reads a terminal line into one static buffer and, interrupted mid-line, keeps the rest
+    there; the next `read` returns it whatever its input (seen: the resync line came out of a later
+    `read x </dev/null`). A query's stdin is /dev/null, so this loop takes what is buffered and stops.
+    """
+    try:
+        session.query("while read -r __lxck_junk; do :; done; unset __lxck_junk", timeout=2.0)
+    except Exception:
+        pass
+
+
 class CellIO(RunHooks):
     def __init__(
         self,
@@ -76,8 +90,8 @@ class CellIO(RunHooks):
         self._pending: dict[str, str] = {}  # stream -> partial last line held back (stdin allowed only)
         self._last_stream = "stdout"
         self._echo = ""  # the typed reply whose echo is still expected on stdout
-        self._echo_on = False
         self._interrupting = False
+        self._shell_read_interrupted = False
 
     def source(self, code: str) -> str:
         """The cell's text with this cell's display token in front (the group hides it from ``set -x``)."""
@@ -155,13 +169,15 @@ class CellIO(RunHooks):
             self.budget.add("stderr", error + "\n")
         self._flush_pending()
         self.budget.finish()
+        if self._shell_read_interrupted and self.session.alive:
+            drain_read_buffer(self.session)
         if self._interrupting and self.session.alive:
             restore_echo(self.session)
 
     # -- hooks from the read loop -------------------------------------------------------------------
-    def started(self) -> None:
-        if self.allow_stdin and self.session.shell_host_pid:
-            self._echo_on = set_echo(self.session.shell_host_pid, True)
+    # No `started` hook: turning echo on from the host when the cell starts raced with a `read -s`
+    # that turned it off at once (the password then showed as a plain prompt). restore_echo does it
+    # from inside the shell, between cells.
 
     def interrupting(self) -> None:
         # Echo off before ^C, or the terminal would echo "^C" and the resync line into the output.
@@ -170,10 +186,12 @@ class CellIO(RunHooks):
         self._interrupting = True
         if not pid:
             return
-        set_echo(pid, False)
-        self._echo_on = False
+        # Look before changing the mode: a termios change wakes the terminal's readers, and a reader
+        # caught awake is not seen as waiting.
         waiter = find_waiter(pid) if first else None
+        set_echo(pid, False)
         if waiter is not None and waiter.pid == pid:
+            self._shell_read_interrupted = True
             # The shell's own `read` builtin is waiting. bash notices ^C only once read(2) returns,
             # and keeps what it read in the builtin's buffer: the resync line typed behind ^C came
             # out of the *next* `read`, even one reading /dev/null. Feed it an empty line instead.

@@ -37,14 +37,20 @@ _SYNC_ECHO_RE = re.compile(r"(?:\^C)*__lxck_pre [0-9a-f]+ [0-9a-f]+[^\n]*(?:\n|$
 
 
 def restore_echo(session: ShellSession) -> None:
-    """Turn echo on *from inside* the shell, so it holds from the next cell's first instant.
+    """bash: turn echo on *from inside* the shell, so it holds from the next cell's first instant.
 
-    A line editor (readline, ash) saves the terminal's mode at its prompt and restores that mode
-    after reading a line, so echo set from the host while the shell sits at its prompt is undone
-    before the cell runs; set while a line runs, it is what the next prompt saves. Echo on between
-    cells means a command that turns it off (``read -s``, getpass) is seen to do so; setting it from
-    the host when the cell starts instead would race with a ``read -s`` that runs at once.
+    Echo on while a cell runs means a command that turns it off (``read -s``, getpass) is seen to do
+    so. bash's readline saves the terminal's mode at its prompt and restores it after reading a
+    line, so echo set from the host while bash sits at its prompt is undone before the cell runs;
+    set while a line runs, it is what the next prompt saves. Setting it from the host when the cell
+    starts instead raced with a ``read -s`` that runs at once.
+
+    busybox ash is left alone: with echo on at its prompt it edits lines and asks the terminal for
+    the cursor position, which cost 21 ms per line. Its echo stays off, and a secret is told by the
+    ECHOK flag instead, which ash's ``read -s`` clears with ECHO (:attr:`stdin.Waiter.password_echo_off`).
     """
+    if not (session.info and session.info.bash_version):
+        return
     try:
         # A query's stdin is /dev/null; its stdout is the terminal.
         session.query("stty echo <&1 2>/dev/null", timeout=2.0)
@@ -92,6 +98,13 @@ class CellIO(RunHooks):
         self._echo = ""  # the typed reply whose echo is still expected on stdout
         self._interrupting = False
         self._shell_read_interrupted = False
+
+    @property
+    def _bash(self) -> bool:
+        return bool(self.session.info and self.session.info.bash_version)
+
+    def begin(self) -> None:
+        """Just before the cell's line is typed (nothing to do today; the kernel calls it)."""
 
     def source(self, code: str) -> str:
         """The cell's text with this cell's display token in front (the group hides it from ``set -x``)."""
@@ -212,8 +225,9 @@ class CellIO(RunHooks):
             self.waiting = (waiter, prompt)
             self.session.request_interrupt()
             return
+        password = waiter.password if self._bash else waiter.password_echo_off
         try:
-            reply = self.ask(prompt, waiter.password)
+            reply = self.ask(prompt, password)
         except EOFError:
             self.session.send_input(b"\x04")  # the frontend sent ^D: end of input
             return
@@ -221,14 +235,15 @@ class CellIO(RunHooks):
             self.session.request_interrupt()
             return
         self.inputs += 1
-        self._echo = "" if waiter.password else reply + "\n"
+        self._echo = reply + "\n" if waiter.echo else ""
         self.session.send_input(reply.encode("utf-8", "replace") + b"\n")
 
     def waiting_message(self) -> str:
         assert self.waiting is not None
         waiter, prompt = self.waiting
         shown = f" after printing {prompt.strip()!r}" if prompt.strip() else ""
-        kind = "a password" if waiter.password else "input"
+        secret = waiter.password if self._bash else waiter.password_echo_off
+        kind = "a password" if secret else "input"
         return (
             f"`{_short(waiter.command)}` was waiting for {kind} on the terminal{shown}, but this frontend "
             "does not send input (allow_stdin is false, as in nbconvert and papermill), so the cell was "

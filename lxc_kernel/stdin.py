@@ -41,7 +41,25 @@ class Waiter:
     pid: int
     command: str  # its command line, for messages
     fd: int  # the terminal fd it reads
-    password: bool  # echo off in canonical mode: a secret is being read
+    lflag: int | None  # the terminal's local modes, None if they could not be read
+
+    @property
+    def echo(self) -> bool:
+        """The terminal echoes what is typed (so the reply will show up in the output once)."""
+        return self.lflag is not None and bool(self.lflag & termios.ECHO)
+
+    @property
+    def password(self) -> bool:
+        """Echo off in canonical mode: a secret is being read (echo is on between cells)."""
+        return self.lflag is not None and is_password_mode(self.lflag)
+
+    @property
+    def password_echo_off(self) -> bool:
+        """The same when echo is *off* between cells (busybox ash): ECHOK cleared along with it, as
+        the ``read -s`` of ash and bash do (``stty`` leaves ECHOK on)."""
+        return self.lflag is not None and bool(self.lflag & termios.ICANON) and not self.lflag & (
+            termios.ECHO | termios.ECHOK
+        )
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,5 @@ def find_waiter(shell_pid: int) -> Waiter | None:
                 lflag = terminal_lflag(owner, fd)
                 if lflag is not None:
                     break
-        password = lflag is not None and is_password_mode(lflag)
-        return Waiter(pid, command_line(pid), fds[0], password)
+        return Waiter(pid, command_line(pid), fds[0], lflag)
     return None

@@ -415,3 +415,15 @@ def test_rich_and_input_notebook_runs_in_batch(jupyter_path: str, kernel_name: s
     assert "Hello, batch user!" in text and "proceeding" in text and "0 characters" in text
     assert "left out" in text and "100000\n" in text
     assert not [o for o in outputs if o.output_type == "error"]
+
+
+@pytest.mark.timeout(60)
+def test_cells_stay_fast_with_stdin_allowed(kernel: Kernel) -> None:
+    """Regression: echo left on at busybox ash's prompt made it query the cursor, 21 ms per line."""
+    for allow in (True, False):
+        times = []
+        for _ in range(20):
+            start = time.monotonic()
+            assert kernel.execute("true", allow_stdin=allow).status == "ok"
+            times.append(time.monotonic() - start)
+        assert statistics.median(times) < 0.015, (allow, times)

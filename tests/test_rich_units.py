@@ -191,3 +191,12 @@ def test_find_waiter_on_a_host_pty() -> None:
         assert b"got yes" in out
     finally:
         proc.terminate(force=True)
+
+
+def test_password_with_echo_off_between_cells() -> None:
+    """busybox ash keeps echo off between cells; its `read -s` also clears ECHOK."""
+    plain = stdin.Waiter(1, "sh", 0, termios.ICANON | termios.ECHOK)
+    secret = stdin.Waiter(1, "sh", 0, termios.ICANON)
+    assert not plain.password_echo_off and secret.password_echo_off
+    assert plain.password  # the echo-on rule would misread ash's plain read: hence two rules
+    assert not stdin.Waiter(1, "sh", 0, None).password

@@ -103,9 +103,6 @@ class CellIO(RunHooks):
     def _bash(self) -> bool:
         return bool(self.session.info and self.session.info.bash_version)
 
-    def begin(self) -> None:
-        """Just before the cell's line is typed (nothing to do today; the kernel calls it)."""
-
     def source(self, code: str) -> str:
         """The cell's text with this cell's display token in front (the group hides it from ``set -x``)."""
         return f"{{ {ENV_VAR}={self.token}; export {ENV_VAR}; }} 2>/dev/null; {code}"

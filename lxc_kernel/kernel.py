@@ -217,7 +217,6 @@ class LXCKernel(Kernel):
             return self._ok()
         session = self.ensure_session()
         cell = self.cell_io(session, silent)
-        cell.begin()
         try:
             result = self._run_interruptibly(session, cell.source(code), cell.sink, stdin=cell.allow_stdin, hooks=cell)
         finally:

@@ -247,6 +247,10 @@ def test_interrupt_while_waiting_for_input(kernel: Kernel) -> None:
         kc.get_stdin_msg(timeout=0.3)
     r = kernel.execute("echo still here")
     assert r.stream() == "still here\n"
+    # Regression: bash kept the resync line typed behind ^C in its `read` buffer, and a later
+    # `read` returned it even from /dev/null.
+    r = kernel.execute('read -r y </dev/null; echo "rc=$? y=[$y]"', allow_stdin=False)
+    assert r.stream() == "rc=1 y=[]\n"
 
 
 @pytest.mark.timeout(60)

@@ -24,6 +24,11 @@ class _LxcKernelTests(jkt.KernelTests):
     incomplete_code_samples = ["for i in 1 2; do", "echo 'unclosed", "cat <<EOF\nx", "if true; then"]  # noqa: RUF012
     invalid_code_samples = ["fi", "done", ")"]  # noqa: RUF012
     code_inspect_sample = "cd"
+    # Rich output through the in-container helper (display.py).
+    code_display_data = [  # noqa: RUF012
+        {"code": "echo '<b>bold</b>' | jdisplay --html", "mime": "text/html"},
+        {"code": "echo '# Title' | jdisplay --markdown", "mime": "text/markdown"},
+    ]
 
     @classmethod
     def setUpClass(cls) -> None:

@@ -23,10 +23,10 @@ from .complete import (
     complete_names,
     magic_arg_choices,
     parse_candidates,
-    sh_quote,
     word_at,
 )
 from .errors import LxcKernelError
+from .protocol import sh_quote
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .protocol import sh_quote
+
 MAX_MATCHES = 500
 
 # Characters that end a shell word when scanning left from the cursor. '=' is one too, so
@@ -115,11 +117,6 @@ def _command_position(before: str) -> bool:
         return True
     # `FOO=bar cmd`: assignments before a command keep the command position.
     return bool(_ASSIGNMENTS_RE.search(before))
-
-
-def sh_quote(text: str) -> str:
-    """Single-quote ``text`` for the shell that reads it."""
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def candidates_script(word: Word, *, bash: bool) -> str | None:

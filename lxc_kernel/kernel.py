@@ -22,6 +22,7 @@ from .display import HELPER_NAME, HELPER_SCRIPT
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
 from .lxc import ADVICE, Container, State, Tools, list_names
 from .magics import run_magics, split_cell
+from .protocol import sh_quote
 from .session import RunResult, ShellSession
 from .users import resolve_user
 
@@ -157,7 +158,7 @@ class LXCKernel(Kernel):
         options = self.attach_options()
         container = self.target()
         container.require_running()
-        setup = ["cd"] if options.cwd is None else [f"cd -- {_sh_quote(options.cwd)}"]
+        setup = ["cd"] if options.cwd is None else [f"cd -- {sh_quote(options.cwd)}"]
         session = ShellSession(
             options.argv,
             options.shell_command(),
@@ -411,11 +412,6 @@ class LXCKernel(Kernel):
         self.close_session()
         self._remove_ephemeral_copy()
         return {"status": "ok", "restart": restart}
-
-
-def _sh_quote(text: str) -> str:
-    """Quote for the shell that reads it (the only place shell text is built from a value)."""
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 class LXCKernelApp(IPKernelApp):

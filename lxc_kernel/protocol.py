@@ -40,6 +40,11 @@ _SESSION_DIR_RE = re.compile(r"/tmp/\.lxck\.[A-Za-z0-9]{4,32}")
 _MAX_STATUS_DIGITS = 4
 
 
+def sh_quote(text: str) -> str:
+    """Single-quote ``text`` for the shell that reads it: the one quoting rule for shell text we build."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
 def new_token() -> str:
     """A fresh, unguessable token for one cell."""
     return secrets.token_hex(8)

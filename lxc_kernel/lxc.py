@@ -12,17 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError, ContainerNotReady, LxcCommandError, LxcNotInstalled
+from .spawn import TOOL_ENV
 
 # lxc(7): a name becomes a directory under lxcpath and the default hostname, so keep to the
 # portable hostname alphabet plus '_' and '.'; this also rules out every shell metacharacter.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-# The environment the lxc-* tools themselves run with: the kernel's PATH (to find them) and
-# nothing else of the kernel's (connection file, tokens, secrets), so nothing leaks through them.
-TOOL_ENV = {
-    "PATH": os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LC_ALL": "C.UTF-8",
-}
 
 
 def validate_name(name: str, what: str = "container name") -> str:

@@ -22,11 +22,9 @@ from ptyprocess import PtyProcess
 
 from .ansi import TerminalText
 from .errors import LxcNotInstalled, ShellExited, ShellTimeout
-from .lxc import TOOL_ENV
 from .output import OutputBuffer, Sink
 from .protocol import CellParser, Handshake, ShellScript, frame_cell, frame_sync, inline_length, new_token
-
-Launcher = Callable[[Sequence[str]], list[str]]
+from .spawn import TOOL_ENV, Launcher, reset_child_signals
 
 # busybox ash edits lines in a 1024-byte buffer and runs the overflow as the next command
 # (LXC-FACTS); longer cells travel as a file written through a separate pipe attach.
@@ -37,12 +35,6 @@ INTERRUPT_GRACE = 2.0  # after ^C, how long the shell gets to come back before i
 # FIFO's buffer is dropped when nobody has it open), then copies it out until the shell is gone:
 # killing a pipe-mode lxc-attach leaves its command running inside, unlike PTY mode.
 _STDERR_READER = 'exec 3<>"$1" || exit 1; printf R; cat <&3 & while kill -0 "$2" 2>/dev/null; do sleep 1; done; kill $!'
-
-
-def _reset_signals() -> None:
-    """Run in the child before exec: the kernel app ignores SIGINT, and children inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 class RunHooks:
@@ -134,7 +126,7 @@ class ShellSession:
         rows, cols = self.dimensions
         try:
             self._proc = PtyProcess.spawn(
-                argv, cwd="/", env=dict(TOOL_ENV), dimensions=(rows, cols), preexec_fn=_reset_signals
+                argv, cwd="/", env=dict(TOOL_ENV), dimensions=(rows, cols), preexec_fn=reset_child_signals
             )
         except FileNotFoundError as exc:
             raise LxcNotInstalled(argv[0]) from exc
@@ -203,7 +195,7 @@ class ShellSession:
             stderr=subprocess.DEVNULL,
             env=dict(TOOL_ENV),
             cwd="/",
-            preexec_fn=_reset_signals,
+            preexec_fn=reset_child_signals,
             start_new_session=True,
         )
         assert self._err.stdout is not None
@@ -574,7 +566,7 @@ class ShellSession:
         argv = self.launcher(["/bin/sh", "-c", 'cat > "$1"', "lxck-upload", path])
         proc = subprocess.run(
             argv, input=data, capture_output=True, env=dict(TOOL_ENV), cwd="/",
-            preexec_fn=_reset_signals, timeout=timeout, check=False,
+            preexec_fn=reset_child_signals, timeout=timeout, check=False,
         )
         if proc.returncode != 0:
             raise ShellExited(None, f"uploading the cell failed: {proc.stderr.decode(errors='replace').strip()}")

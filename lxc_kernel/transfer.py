@@ -10,17 +10,13 @@ shell text.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import LxcKernelError
-from .lxc import TOOL_ENV
-
-Launcher = Callable[[Sequence[str]], list[str]]
+from .spawn import TOOL_ENV, Launcher, reset_child_signals
 
 # Writes stdin to $1, then prints the size it wrote, so the kernel can check that every byte arrived.
 _PUSH = 'cat > "$1" && wc -c < "$1"'
@@ -52,12 +48,6 @@ def format_size(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
-def _child_signals() -> None:
-    # The kernel app ignores SIGINT and children inherit that (LXC-FACTS); cat needs SIGPIPE.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-
 def _check_container_path(path: str) -> str:
     if not path or "\0" in path:
         raise TransferError(f"invalid container path {path!r}")
@@ -77,7 +67,7 @@ def push(launcher: Launcher, host_path: str, container_path: str, timeout: float
         try:
             proc = subprocess.run(
                 launcher(["/bin/sh", "-c", _PUSH, "lxck-push", container_path]),
-                stdin=src, capture_output=True, env=dict(TOOL_ENV), cwd="/", preexec_fn=_child_signals,
+                stdin=src, capture_output=True, env=dict(TOOL_ENV), cwd="/", preexec_fn=reset_child_signals,
                 timeout=timeout, check=False,
             )
         except subprocess.TimeoutExpired as exc:
@@ -107,7 +97,7 @@ def pull(launcher: Launcher, container_path: str, host_path: str, timeout: float
             proc = subprocess.run(
                 launcher(["/bin/sh", "-c", _PULL, "lxck-pull", container_path]),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=dict(TOOL_ENV), cwd="/",
-                preexec_fn=_child_signals, timeout=timeout, check=False,
+                preexec_fn=reset_child_signals, timeout=timeout, check=False,
             )
         if proc.returncode != 0:
             said = proc.stderr.decode(errors="replace").strip()

@@ -34,7 +34,7 @@ _SAFE = frozenset(range(0x20, 0x7F)) - {ord("'"), ord("\\"), ord("%"), ord("!")}
 _ENCODE = [chr(b) if b in _SAFE else f"\\{b:03o}" for b in range(256)]
 
 # Where the shell keeps its per-session files; checked before being typed into a command line.
-_SESSION_DIR_RE = re.compile(r"/tmp/\.lxck\.[A-Za-z0-9]{4,32}")
+_SESSION_DIR_RE = re.compile(r"/tmp/\.lxck\.[0-9]+\.[A-Za-z0-9]{4,32}")
 
 # Hold at most this much of an unterminated marker before deciding it is just output.
 _MAX_STATUS_DIGITS = 4
@@ -97,10 +97,19 @@ class ShellScript:
             " [ -z \"$3\" ] || printf '<<lxck:%s%s:S>>' \"$1\" \"$2\" 1<>\"$3\"; };"
             " __lxck_post() { printf '<<lxck:%s%s:E%s>>' \"$2\" \"$3\" \"$1\";"
             " [ -z \"$4\" ] || printf '<<lxck:%s%s:E%s>>' \"$2\" \"$3\" \"$1\" 1<>\"$4\"; };"
-            f" __lxck_pre {a} {b}; __lxck_d=$(mktemp -d /tmp/.lxck.XXXXXX) && mkfifo -m 600 \"$__lxck_d/err\""
+            f" __lxck_pre {a} {b}; __lxck_d=$(mktemp -d /tmp/.lxck.$$.XXXXXX) && mkfifo -m 600 \"$__lxck_d/err\""
             " && printf '%s\\n' \"${BASH_VERSION:-}\" \"$$\" \"$__lxck_d\";"
             f" __lxck_post $? {a} {b}; unset __lxck_d\n"
         ).encode()
+
+
+# Session directories are named /tmp/.lxck.<shell pid>.<random>. A shell that ended without the
+# kernel's polite `rm -rf` (exit N, a stopped container, a killed kernel) leaves its directory behind,
+# so each new session removes those whose shell is gone. Other users' directories stay (sticky /tmp).
+SWEEP_STALE_DIRS = (
+    'for d in /tmp/.lxck.*.*; do p=${d#/tmp/.lxck.}; p=${p%%.*};'
+    ' [ -d "$d" ] && ! kill -0 "$p" 2>/dev/null && rm -rf "$d"; done; unset d p; true'
+)
 
 
 def frame_cell(

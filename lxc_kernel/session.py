@@ -23,7 +23,16 @@ from ptyprocess import PtyProcess
 from .ansi import TerminalText
 from .errors import LxcNotInstalled, ShellExited, ShellTimeout
 from .output import OutputBuffer, Sink
-from .protocol import CellParser, Handshake, ShellScript, frame_cell, frame_sync, inline_length, new_token
+from .protocol import (
+    SWEEP_STALE_DIRS,
+    CellParser,
+    Handshake,
+    ShellScript,
+    frame_cell,
+    frame_sync,
+    inline_length,
+    new_token,
+)
 from .spawn import TOOL_ENV, Launcher, reset_child_signals
 
 # busybox ash edits lines in a 1024-byte buffer and runs the overflow as the next command
@@ -146,7 +155,7 @@ class ShellSession:
             self._find_shell_pid()
             if self.separate_stderr:
                 self._start_stderr_reader(info.session_dir)
-            for line in self.setup:
+            for line in (SWEEP_STALE_DIRS, *self.setup):
                 token = new_token()
                 out = self._exchange(frame_cell(line, token), token, deadline)
                 if self._last_status:

@@ -412,3 +412,24 @@ def test_shutdown_exits_on_its_own(containers: dict[str, str]) -> None:
         proc = k.km.provisioner.process  # type: ignore[union-attr]
         k.shutdown()
         assert proc.wait(timeout=10) == 0, "the kernel had to be killed instead of exiting"
+
+
+def test_stale_session_directories_are_swept(containers: dict[str, str]) -> None:
+    """A shell that ended without cleaning up (exit, a killed kernel) leaves /tmp/.lxck.<pid>.*;
+    the next session removes those whose shell is gone and keeps the live ones."""
+    name = containers["bash"]
+    stale = "/tmp/.lxck.999999.stale1"
+    subprocess.run(["lxc-attach", "-n", name, "--clear-env", "--", "mkdir", "-p", stale], check=True)
+    first = start_kernel(name)
+    try:
+        live = first.execute('printf %s "${PATH##*:}"').stream().rsplit("/", 1)[0]
+        assert live.startswith("/tmp/.lxck.")
+        second = start_kernel(name)
+        try:
+            assert second.execute("echo up").stream() == "up\n"
+            listing = second.execute("ls -d /tmp/.lxck.*").stream().split()
+            assert stale not in listing and live in listing
+        finally:
+            second.shutdown()
+    finally:
+        first.shutdown()

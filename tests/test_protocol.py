@@ -94,8 +94,8 @@ def test_typed_line_never_contains_the_whole_token() -> None:
     token = new_token()
     for line in (
         frame_cell("echo hi", token),
-        frame_cell(None, token, script_path="/tmp/.lxck.abcd/cell", stderr_path="/tmp/.lxck.abcd/err"),
-        frame_sync(token, "/tmp/.lxck.abcd/err"),
+        frame_cell(None, token, script_path="/tmp/.lxck.42.abcd/cell", stderr_path="/tmp/.lxck.42.abcd/err"),
+        frame_sync(token, "/tmp/.lxck.42.abcd/err"),
         ShellScript.probe(token),
         ShellScript.bootstrap(token),
     ):
@@ -125,8 +125,8 @@ def test_stdin_null_is_optional() -> None:
 
 
 def test_handshake_parse() -> None:
-    info = Handshake.parse(b"5.2.15(1)-release\n42\n/tmp/.lxck.AbC123\n")
-    assert info == Handshake("5.2.15(1)-release", 42, "/tmp/.lxck.AbC123") and info.shell.startswith("bash")
-    assert Handshake.parse(b"\n7\n/tmp/.lxck.xyzw12\n").shell == "sh"
+    info = Handshake.parse(b"5.2.15(1)-release\n42\n/tmp/.lxck.42.AbC123\n")
+    assert info == Handshake("5.2.15(1)-release", 42, "/tmp/.lxck.42.AbC123") and info.shell.startswith("bash")
+    assert Handshake.parse(b"\n7\n/tmp/.lxck.7.xyzw12\n").shell == "sh"
     with pytest.raises(ValueError):
         Handshake.parse(b"\n7\n/tmp/../etc\n")

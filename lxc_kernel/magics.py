@@ -274,7 +274,7 @@ def _lxc_parser() -> MagicParser:
     p = MagicParser(prog="%lxc")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=MagicParser)
     sub.add_parser("list", prog="%lxc list")
-    for name in ("info", "start", "freeze", "unfreeze"):
+    for name in ("info", "status", "start", "freeze", "unfreeze"):
         sub.add_parser(name, prog=f"%lxc {name}").add_argument("name", nargs="?")
     for name in ("stop", "restart"):
         s = sub.add_parser(name, prog=f"%lxc {name}")
@@ -337,6 +337,7 @@ def lxc_magic(host: Host, args: list[str]) -> None:
       %lxc list                          every container: state, PID, memory, IPs (a table)
       %lxc info [NAME]                   state, PID, CPU and memory use, IPs, limits in force, and
                                          this kernel's session (shell PID, attach options)
+      %lxc status [NAME]                 one line: the state (and init PID when running)
       %lxc create NAME [-t TEMPLATE] [--config KEY=VALUE ...] [--apparmor PROFILE]
                   [--seccomp FILE] [--selinux CONTEXT] [--start] [-- TEMPLATE ARGS]
                                          TEMPLATE: busybox (default), hostfs, debian, or any
@@ -415,6 +416,13 @@ def _limits(ct: Container) -> list[tuple[str, str]]:
     except LxcCommandError as exc:
         out.append(("limits", f"unavailable: {exc}"))
     return out
+
+
+def _lxc_status(host: Host, ns: argparse.Namespace) -> None:
+    ct = _container(host, ns.name)
+    state = ct.state()
+    pid = ct.init_pid() if state is State.RUNNING else None
+    _say(host, f"container {ct.name}: {state.value}" + (f" (init PID {pid})" if pid else ""))
 
 
 def _lxc_info(host: Host, ns: argparse.Namespace) -> None:
@@ -793,6 +801,7 @@ def _lxc_log(host: Host, ns: argparse.Namespace) -> None:
 _LXC_COMMANDS: dict[str, Callable[[Host, argparse.Namespace], None]] = {
     "list": _lxc_list,
     "info": _lxc_info,
+    "status": _lxc_status,
     "create": _lxc_create,
     "start": _lxc_start,
     "stop": _lxc_stop,

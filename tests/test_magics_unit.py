@@ -225,3 +225,8 @@ def test_install_flags_for_lifecycle_options() -> None:
         install.traits_from_args(install.build_parser().parse_args([]))
     with pytest.raises(ConfigError):
         install.traits_from_args(install.build_parser().parse_args(["--ephemeral", "bad;name"]))
+
+
+def test_lxc_status_is_a_subcommand() -> None:
+    assert "status" in magics._LXC_COMMANDS
+    assert "%lxc status [NAME]" in magics.markdown()

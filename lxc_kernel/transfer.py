@@ -10,17 +10,24 @@ shell text.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 
+from .bounded import GiB, HelperTimeout, KiB, OutputTooLarge, copy_bounded, format_limit, run_bounded
 from .errors import LxcKernelError
-from .spawn import TOOL_ENV, Launcher, reset_child_signals
+from .spawn import Launcher
 
+# Only a regular file has an end: a path the container links to /dev/zero or a FIFO would stream or block
+# for the whole timeout (a pull of /dev/zero wrote to the host disk for 600 s, issue 7). A missing path
+# falls through to cat, whose own message ("No such file or directory") is the clearest.
+_REGULAR = 'if [ -e "$1" ] && [ ! -f "$1" ]; then printf "%s: not a regular file\\n" "$1" >&2; exit 1; fi; '
 # Writes stdin to $1, then prints the size it wrote, so the kernel can check that every byte arrived.
-_PUSH = 'cat > "$1" && wc -c < "$1"'
-_PULL = 'exec cat -- "$1"'
+_PUSH = _REGULAR + 'cat > "$1" && wc -c < "$1"'
+_PULL = _REGULAR + 'exec cat -- "$1"'
+
+DEFAULT_MAX_PULL = 1 * GiB  # bytes a %pull writes to the host unless --max says otherwise
+_REPLY_LIMIT = 4 * KiB  # push's stdout is one number
 
 
 class TransferError(LxcKernelError):
@@ -65,13 +72,15 @@ def push(launcher: Launcher, host_path: str, container_path: str, timeout: float
     t0 = time.monotonic()
     with src:
         try:
-            proc = subprocess.run(
+            proc = run_bounded(
                 launcher(["/bin/sh", "-c", _PUSH, "lxck-push", container_path]),
-                stdin=src, capture_output=True, env=dict(TOOL_ENV), cwd="/", preexec_fn=reset_child_signals,
-                timeout=timeout, check=False,
+                stdin=src, timeout=timeout, stdout_limit=_REPLY_LIMIT,
+                what=f"the container's reply to the push to {container_path}",
             )
-        except subprocess.TimeoutExpired as exc:
+        except HelperTimeout as exc:
             raise TransferError(f"push to {container_path} took longer than {timeout:g} s") from exc
+        except OutputTooLarge as exc:
+            raise TransferError(f"push to {container_path}: {exc}") from exc
     seconds = time.monotonic() - t0
     said = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
@@ -83,9 +92,15 @@ def push(launcher: Launcher, host_path: str, container_path: str, timeout: float
     return Transferred(host_path, container_path, size, seconds)
 
 
-def pull(launcher: Launcher, container_path: str, host_path: str, timeout: float = 600.0) -> Transferred:
-    """Copy ``container_path`` to the host file ``host_path``; a failed pull leaves no partial file."""
+def pull(
+    launcher: Launcher, container_path: str, host_path: str, timeout: float = 600.0,
+    max_bytes: int = DEFAULT_MAX_PULL,
+) -> Transferred:
+    """Copy the regular file ``container_path`` to the host file ``host_path``, at most ``max_bytes``
+    of it; a failed pull (too large, not a regular file, timeout) leaves no partial file."""
     _check_container_path(container_path)
+    if max_bytes <= 0:
+        raise TransferError(f"pull of {container_path}: the size cap must be positive, not {max_bytes}")
     directory = os.path.dirname(os.path.abspath(host_path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".lxck-pull-", dir=directory)
@@ -94,19 +109,23 @@ def pull(launcher: Launcher, container_path: str, host_path: str, timeout: float
     t0 = time.monotonic()
     try:
         with os.fdopen(fd, "wb") as out:
-            proc = subprocess.run(
-                launcher(["/bin/sh", "-c", _PULL, "lxck-pull", container_path]),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=dict(TOOL_ENV), cwd="/",
-                preexec_fn=reset_child_signals, timeout=timeout, check=False,
+            proc = copy_bounded(
+                launcher(["/bin/sh", "-c", _PULL, "lxck-pull", container_path]), out,
+                max_bytes=max_bytes, timeout=timeout, what=container_path,
             )
         if proc.returncode != 0:
             said = proc.stderr.decode(errors="replace").strip()
             raise TransferError(f"pull of {container_path} failed (exit {proc.returncode}): {said or 'no message'}")
         size = os.stat(tmp).st_size
         os.replace(tmp, host_path)
-    except subprocess.TimeoutExpired as exc:
+    except HelperTimeout as exc:
         os.unlink(tmp)
         raise TransferError(f"pull of {container_path} took longer than {timeout:g} s") from exc
+    except OutputTooLarge as exc:
+        os.unlink(tmp)
+        raise TransferError(f"pull of {container_path}: it is larger than {format_limit(max_bytes)} "
+                            f"({max_bytes} bytes), the most this pull writes; stopped with nothing kept "
+                            "(raise the cap with `%pull --max SIZE`)") from exc
     except BaseException:
         try:
             os.unlink(tmp)

@@ -6,8 +6,13 @@ import re
 from dataclasses import dataclass
 
 from .attach import AttachOptions
-from .errors import ConfigError, LxcCommandError
-from .lxc import TOOL_ENV, Container
+from .bounded import MiB, run_bounded
+from .errors import ConfigError, LxcCommandError, LxcNotInstalled
+from .lxc import Container
+
+# Container root controls these files: one pointed at a 200 MB file grew the kernel by 600 MB when
+# they were read whole (issue 7). Real ones are a few KiB; 4 MiB is thousands of accounts.
+ACCOUNT_FILE_LIMIT = 4 * MiB
 
 _SPEC_RE = re.compile(r"(?P<user>[A-Za-z0-9_.-]+)(?::(?P<group>[A-Za-z0-9_.-]+))?")
 
@@ -70,14 +75,19 @@ def lookup(spec: str, passwd: str, group: str) -> Account:
     return account
 
 
-def _read_file(container: Container, path: str) -> str:
-    import subprocess
-
+def _read_file(container: Container, path: str, timeout: float = 15.0) -> str:
+    """The container's ``path`` (at most ACCOUNT_FILE_LIMIT bytes, else OutputTooLarge naming it);
+    a missing /etc/group reads as empty, a missing /etc/passwd is an error."""
     argv = AttachOptions(container.name, tools=container.tools).argv(["/bin/cat", path])
-    proc = subprocess.run(argv, capture_output=True, text=True, env=TOOL_ENV, timeout=15, stdin=subprocess.DEVNULL)
+    try:
+        proc = run_bounded(argv, timeout=timeout, stdout_limit=ACCOUNT_FILE_LIMIT,
+                           what=f"the container's {path}")
+    except FileNotFoundError as exc:
+        raise LxcNotInstalled(argv[0]) from exc
     if proc.returncode != 0 and path == "/etc/passwd":
-        raise LxcCommandError(argv, proc.returncode, proc.stderr)
-    return proc.stdout if proc.returncode == 0 else ""
+        raise LxcCommandError(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+    # Account files are ASCII in practice; a stray byte must not fail the lookup of every other line.
+    return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else ""
 
 
 def resolve_user(container: Container, spec: str, options: AttachOptions) -> AttachOptions:

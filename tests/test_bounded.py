@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -244,17 +245,18 @@ def test_copy_keeps_memory_small() -> None:
 @pytest.mark.timeout(20)
 def test_read_capped_reads_a_prefix_of_a_huge_command_line(tmp_path: Path) -> None:
     big = "x" * 100_000
-    proc = subprocess.Popen(["sleep", "30", big, big])
+    argv = ["sh", "-c", "sleep 30; exit 0", "sh", big, big]  # the shell waits, its argv stays
+    proc = subprocess.Popen(argv, start_new_session=True)
     try:
         deadline = time.monotonic() + 5
         data = b""
-        while not data.startswith(b"sleep") and time.monotonic() < deadline:  # until the exec is done
+        while not data.startswith(b"sh\0") and time.monotonic() < deadline:  # until the exec is done
             data = read_capped(f"/proc/{proc.pid}/cmdline", 4096) or b""
-        assert data is not None and len(data) == 4096 and data.startswith(b"sleep\x0030\x00xxx")
+        assert len(data) == 4096 and data.startswith(b"sh\0-c\0sleep 30; exit 0\0sh\0xxx")
         whole = read_capped(f"/proc/{proc.pid}/cmdline", 1 << 20)
-        assert whole is not None and len(whole) == len("sleep 30 ") + 2 * 100_001
+        assert whole == b"".join(a.encode() + b"\0" for a in argv)
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # the shell and its sleep
         proc.wait()
     assert read_capped(str(tmp_path / "missing"), 10) is None
     fifo = tmp_path / "fifo"

@@ -23,6 +23,8 @@ import termios
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .bounded import read_capped
+
 # Syscall numbers of the waits we recognise, per architecture (asm/unistd_64.h, asm-generic/unistd.h).
 _SYSCALLS = {
     "x86_64": {0: "read", 17: "pread64", 19: "readv", 7: "poll", 23: "select", 270: "pselect6", 271: "ppoll"},
@@ -117,12 +119,17 @@ def is_password_mode(lflag: int) -> bool:
 # -- /proc readers ----------------------------------------------------------------------------------
 
 
-def _read(path: str, binary: bool = False) -> str | bytes | None:
-    try:
-        with open(path, "rb" if binary else "r") as fh:
-            return fh.read()
-    except (OSError, ValueError):
-        return None
+# /proc/PID/stat and /proc/PID/syscall are a few hundred bytes: the cap only bounds the unexpected.
+_PROC_LIMIT = 4096
+# Enough for a message; a container process's command line can be megabytes (issue 7).
+_CMDLINE_LIMIT = 4096
+
+
+def _read(path: str, binary: bool = False, limit: int = _PROC_LIMIT) -> str | bytes | None:
+    raw = read_capped(path, limit)
+    if raw is None or binary:
+        return raw
+    return raw.decode("utf-8", "replace")
 
 
 def descendants(root: int) -> list[int]:
@@ -226,10 +233,11 @@ def set_echo(pid: int, on: bool, fd: int = 0) -> bool:
 
 
 def command_line(pid: int) -> str:
-    raw = _read(f"/proc/{pid}/cmdline", binary=True)
+    raw = _read(f"/proc/{pid}/cmdline", binary=True, limit=_CMDLINE_LIMIT)
     if isinstance(raw, bytes) and raw:
-        return " ".join(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)
-    comm = _read(f"/proc/{pid}/comm")
+        text = " ".join(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)
+        return f"{text} ..." if len(raw) >= _CMDLINE_LIMIT else text
+    comm = _read(f"/proc/{pid}/comm", limit=64)
     return comm.strip() if isinstance(comm, str) else f"pid {pid}"
 
 

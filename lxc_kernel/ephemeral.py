@@ -12,10 +12,12 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from .bounded import KiB, read_capped
 from .errors import ConfigError, LxcCommandError, LxcKernelError
 from .lxc import Container, State, Tools, list_names, validate_name
 
 SEPARATOR = "-eph-"
+_CMDLINE_LIMIT = 16 * KiB
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,10 @@ def parse_name(base: str, name: str) -> CopyName | None:
 
 def kernel_alive(pid: int) -> bool:
     """True if ``pid`` is a running lxc-kernel: a PID that was reused by another program counts as dead."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read()
-    except OSError:
-        return False
-    return b"lxc_kernel" in cmdline
+    # A prefix is enough: "-m lxc_kernel" comes right after the interpreter, and the PID came from a
+    # container name, so whatever runs under it now may have a command line of megabytes.
+    cmdline = read_capped(f"/proc/{pid}/cmdline", _CMDLINE_LIMIT)
+    return cmdline is not None and b"lxc_kernel" in cmdline
 
 
 def orphans(base: str, names: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .bounded import read_tail
 from .errors import ConfigError, ContainerNotReady, LxcCommandError, LxcNotInstalled
 from .spawn import TOOL_ENV
 
@@ -18,6 +19,17 @@ from .spawn import TOOL_ENV
 # portable hostname alphabet plus '_' and '.'; this also rules out every shell metacharacter.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+
+
+# How much of an LXC log an error shows: the end says why, and a TRACE-level log (or a container that
+# fails in a loop while lxc-start -d keeps its log open) grows without bound.
+_LOG_TAIL = 4000
+
+
+def _log_tail(path: str, start: int = 0) -> str:
+    """The last _LOG_TAIL bytes of the log at ``path`` written after offset ``start``; "" if unreadable."""
+    data = read_tail(path, _LOG_TAIL, start)
+    return data.decode("utf-8", "replace") if data else ""
 
 
 def validate_name(name: str, what: str = "container name") -> str:
@@ -192,9 +204,7 @@ class Container:
             args = ["-n", self.name, "-d"]
             proc = self.tools.run("lxc-start", *args, timeout=timeout + 5, check=False, log=False)
             if proc.returncode != 0:
-                with open(configured, errors="replace") as fh:
-                    fh.seek(offset)
-                    said = fh.read()[-4000:]
+                said = _log_tail(configured, start=offset)
                 raise LxcCommandError(self.tools.argv("lxc-start", *args, log=False), proc.returncode,
                                       said or proc.stderr)
             return self.wait(State.RUNNING, timeout)
@@ -203,7 +213,7 @@ class Container:
             proc = self.tools.run("lxc-start", *args, timeout=timeout + 5, check=False, log=False)
             if proc.returncode != 0:
                 argv = self.tools.argv("lxc-start", *args, log=False)
-                raise LxcCommandError(argv, proc.returncode, log.read() or proc.stderr)
+                raise LxcCommandError(argv, proc.returncode, _log_tail(log.name) or proc.stderr)
         return self.wait(State.RUNNING, timeout)
 
     def stop(self, kill: bool = False, timeout: float = 30.0) -> State:
@@ -367,7 +377,7 @@ class Container:
             proc = self.tools.run("lxc-copy", *args, timeout=timeout + 5, check=False, log=False)
             if proc.returncode != 0:
                 raise LxcCommandError(self.tools.argv("lxc-copy", *args, log=False), proc.returncode,
-                                      log.read() or proc.stderr)
+                                      _log_tail(log.name) or proc.stderr)
         copy = Container(new_name, self.tools)
         copy.wait(State.RUNNING, timeout)
         return copy

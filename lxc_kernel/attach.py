@@ -1,20 +1,23 @@
-"""How the shell is attached: a frozen value of lxc-attach options that builds the argv."""
+"""How the shell is attached: a frozen value of lxc-attach options that builds the argv, and the
+lxc-attach transport built from it."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
 from .lxc import Tools, validate_name, validate_path
+from .transport import Capabilities, PtyChannel, Transport, child_pid
 
 # The shell when none is configured: bash if the container has it, else /bin/sh (busybox ash).
 # A constant script: nothing from the user is ever spliced into it.
 AUTO_SHELL = (
     "/bin/sh",
     "-c",
-    "if command -v bash >/dev/null 2>&1; then exec bash --noprofile --norc; fi; exec /bin/sh",
+    "if command -v bash >/dev/null 2>&1; then exec bash --noprofile --norc --noediting; fi; exec /bin/sh",
 )
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -151,3 +154,30 @@ def env_pairs(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 def valid_user_name(name: str) -> bool:
     return bool(_USER_NAME_RE.fullmatch(name)) and len(name) <= 32
+
+
+class LxcAttachTransport(Transport):
+    """The classic LXC transport: ``lxc-attach`` with a PTY for the shell, over pipes for helpers.
+
+    lxc-attach forks the shell as its direct child, so the host sees it (and its commands) in /proc,
+    unless lxc-* runs through sudo: a normal user cannot read another user's ``syscall`` or ``fd``
+    (LXC-FACTS), so input detection then runs inside the container instead.
+    """
+
+    name = "lxc-attach"
+
+    def __init__(self, options: AttachOptions) -> None:
+        self.options = options
+        self.capabilities = Capabilities(host_pids=not options.tools.sudo and os.geteuid() == 0)
+
+    def describe(self) -> str:
+        return f"container {self.options.container!r}"
+
+    def shell_argv(self) -> list[str]:
+        return self.options.shell_argv()
+
+    def pipe_argv(self, argv: Sequence[str]) -> list[str]:
+        return self.options.argv(argv)
+
+    def shell_host_pid(self, channel: PtyChannel) -> int | None:
+        return child_pid(channel.pid) if self.capabilities.host_pids else None

@@ -25,11 +25,15 @@ from typing import Any
 from .budget import OutputBudget
 from .display import ENV_VAR, HELPER_NAME, DisplayFrame, DisplayParser, bundle, new_display_token
 from .session import RunHooks, ShellSession
-from .stdin import Waiter, find_waiter, set_echo
+from .stdin import Waiter
 
 Ask = Callable[[str, bool], str]  # ask(prompt, password) -> reply; raises EOFError or KeyboardInterrupt
 EmitStream = Callable[[str, str], None]
 EmitDisplay = Callable[[str, dict[str, Any]], None]  # (msg_type, content)
+
+# The longest partial line held back as a possible prompt. Holding a whole newline-less flood instead
+# cost 27 s and 297 MB for 80 MB of output (the hold-back was re-joined on every read: quadratic).
+PROMPT_LIMIT = 4096
 
 # What an echoed resync line looks like, should echo have been on when ^C arrived (bash restores its
 # saved terminal state after a job dies of SIGINT, and that state may have echo on).
@@ -134,6 +138,8 @@ class CellIO(RunHooks):
             self.budget.add(other, self._pending.pop(other))
         text = self._pending.pop(stream, "") + text
         cut = text.rfind("\n") + 1
+        if len(text) - cut > PROMPT_LIMIT:
+            cut = len(text)  # a partial line this long is output, not a prompt: don't hold it
         if cut < len(text):
             self._pending[stream] = text[cut:]
         if cut:
@@ -191,16 +197,13 @@ class CellIO(RunHooks):
 
     def interrupting(self) -> None:
         # Echo off before ^C, or the terminal would echo "^C" and the resync line into the output.
-        pid = self.session.shell_host_pid
         first = not self._interrupting
         self._interrupting = True
-        if not pid:
-            return
         # Look before changing the mode: a termios change wakes the terminal's readers, and a reader
         # caught awake is not seen as waiting.
-        waiter = find_waiter(pid) if first else None
-        set_echo(pid, False)
-        if waiter is not None and waiter.pid == pid:
+        waiter = self.session.find_waiter() if first else None
+        self.session.set_echo(False)
+        if waiter is not None and self.session.is_shell(waiter):
             self._shell_read_interrupted = True
             # The shell's own `read` builtin is waiting. bash notices ^C only once read(2) returns,
             # and keeps what it read in the builtin's buffer: the resync line typed behind ^C came
@@ -211,8 +214,7 @@ class CellIO(RunHooks):
             time.sleep(0.03)
 
     def idle(self) -> None:
-        pid = self.session.shell_host_pid
-        waiter = find_waiter(pid) if pid else None
+        waiter = self.session.find_waiter()
         if waiter is None:
             self._flush_pending()
             return

@@ -6,15 +6,15 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any, ClassVar
 
 from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
-from traitlets import Bool, Dict, Enum, Float, List, Unicode
 
 from . import __version__, ephemeral
 from .assist import Assistant
-from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
+from .attach import ELEVATED, NAMESPACES, AttachOptions, LxcAttachTransport, env_pairs, parse_flags
 from .budget import DEFAULT_LIMIT, parse_size
 from .cellio import CellIO, restore_echo
 from .complete import is_complete
@@ -22,8 +22,9 @@ from .display import HELPER_NAME, HELPER_SCRIPT
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
 from .lxc import ADVICE, Container, State, Tools, list_names
 from .magics import run_magics, split_cell
+from .options import traits as option_traits
 from .protocol import sh_quote
-from .session import RunResult, ShellSession
+from .session import RunResult, ShellSession, UploadFailed
 from .users import resolve_user
 
 log = logging.getLogger(__name__)
@@ -61,56 +62,10 @@ class LXCKernel(Kernel):
     banner = f"lxc-kernel {__version__}: a persistent shell inside an LXC container"
 
     # -- configuration: kernelspec argv (--LXCKernel.x=...) or c.LXCKernel.x in a Jupyter config --
-    container = Unicode("lxc-kernel", help="Name of the container the shell runs in.").tag(config=True)
-    lxcpath = Unicode("", help="LXC path (lxc-* -P); empty for the system default.").tag(config=True)
-    user = Unicode("", help="Attach as NAME or UID[:GID]; names are resolved inside the container.").tag(
-        config=True
-    )
-    env = Dict(
-        value_trait=Unicode(), default_value={}, help="Extra variables set in the shell (KEY=VALUE)."
-    ).tag(config=True)
-    keep_env = List(
-        Unicode(), default_value=[], help="Host variables forwarded into the container, by name."
-    ).tag(config=True)
-    cwd = Unicode("", help="Working directory of the shell; empty for the user's home.").tag(config=True)
-    # Not `shell`: IPKernelApp reads kernel.shell expecting an IPython shell.
-    shell_path = Unicode("", help="Shell to run; empty picks bash if present, else /bin/sh.").tag(config=True)
-    namespaces = Unicode("", help="Attach only to these namespaces (MOUNT|PID|...); implies -e.").tag(
-        config=True
-    )
-    elevated = Unicode("", help="Elevated privileges CAP|CGROUP|LSM (lxc-attach -e).").tag(config=True)
-    remount_sys_proc = Bool(False, help="Remount /sys and /proc (lxc-attach -R).").tag(config=True)
-    sudo = Bool(False, help="Run lxc-* through `sudo -n` (for a kernel run by a non-root user).").tag(
-        config=True
-    )
-    colors = Bool(False, help="Keep SGR colour codes in the output (frontends render them).").tag(config=True)
-    stderr = Enum(
-        ["separate", "merged"], default_value="separate", help="stderr as its own stream, or merged into stdout."
-    ).tag(config=True)
-    term = Unicode("xterm-256color", help="TERM inside the shell.").tag(config=True)
-    cell_timeout = Float(0.0, help="Per-cell time limit in seconds; 0 for none.").tag(config=True)
-    startup_timeout = Float(15.0, help="Seconds allowed for the shell to start.").tag(config=True)
-    output_limit = Unicode(
-        "1M",
-        help="Output budget per cell (200k, 2M, off): past it the notebook keeps the head and the tail, and "
-        "the whole output is saved to a file on the kernel's host. `%output` changes it.",
-    ).tag(config=True)
-    output_dir = Unicode(
-        "", help="Where over-budget output is saved on the host; empty for $TMPDIR/lxc-kernel-output."
-    ).tag(config=True)
-    create_missing = Unicode(
-        "",
-        help="When the container does not exist, create it of this kind (busybox, hostfs, debian) and start "
-        "it; empty to report it missing instead. Implies start_stopped.",
-    ).tag(config=True)
-    start_stopped = Bool(False, help="Start the container when it is stopped (and unfreeze it when frozen).").tag(
-        config=True
-    )
-    ephemeral = Unicode(
-        "",
-        help="BASE: run in a throwaway overlay copy of container BASE (lxc-copy -e), named "
-        "BASE-eph-<kernel pid>-<random> and destroyed at shutdown and restart; `container` is then ignored.",
-    ).tag(config=True)
+    # The traits and the hook that validates them come from the one option table (options.py). At class
+    # scope locals() is the namespace handed to the metaclass (Python docs, "locals"), so they become
+    # class attributes exactly as if written out here.
+    locals().update(option_traits())
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -150,29 +105,37 @@ class LXCKernel(Kernel):
             options = resolve_user(container, self.user, options)
         return options
 
-    def ensure_session(self) -> ShellSession:
+    def ensure_session(self, *, prepare: bool = True, quiet: bool = False) -> ShellSession:
+        """The live shell, attached now if needed. ``prepare=False`` never creates, starts or unfreezes
+        the container, and ``quiet`` publishes nothing on IOPub: what completion and inspection need."""
         if self.shell_session is not None and self.shell_session.alive:
             return self.shell_session
         self.close_session()
-        self.prepare_container()
+        if prepare:
+            self.prepare_container()
         options = self.attach_options()
         container = self.target()
         container.require_running()
         setup = ["cd"] if options.cwd is None else [f"cd -- {sh_quote(options.cwd)}"]
         session = ShellSession(
-            options.argv,
-            options.shell_command(),
+            LxcAttachTransport(options),
             setup=setup,
             separate_stderr=self.stderr == "separate",
             keep_colors=self.colors,
             health_check=container.require_running,
+            on_new_dir=self._install_helpers,
         )
-        session.start(timeout=self.startup_timeout)
-        self._install_helpers(session)
+        try:
+            session.start(timeout=self.startup_timeout)
+            self._install_helpers(session)
+        except BaseException:
+            session.close()  # whatever went wrong, the new shell is ours to end
+            raise
         self.shell_session = session
         self._options = options
-        for warning in options.warnings:
-            self._stream("stderr", f"warning: {warning}\n")
+        if not quiet:
+            for warning in options.warnings:
+                self._stream("stderr", f"warning: {warning}\n")
         return session
 
     def close_session(self) -> None:
@@ -202,7 +165,8 @@ class LXCKernel(Kernel):
             self.close_session()
             return self._error_for_exit(exc)
         except LxcKernelError as exc:
-            if not isinstance(exc, ConfigError):
+            # A refused option or a cell that could not be uploaded changed nothing in the shell: keep it.
+            if not isinstance(exc, (ConfigError, UploadFailed)):
                 self.close_session()
             return self._error(type(exc).__name__, str(exc))
         except Exception as exc:
@@ -222,6 +186,10 @@ class LXCKernel(Kernel):
             result = self._run_interruptibly(session, cell.source(code), cell.sink, stdin=cell.allow_stdin, hooks=cell)
         finally:
             cell.finish()
+            self._say_notices(session, silent)
+        if result.stderr_lost and not silent:
+            self._stream("stderr", "[lxc-kernel: the stderr reader inside the container died or stalled during "
+                                   "this cell; some of its stderr may be missing]\n")
         if cell.waiting is not None:
             return self._error("StdinNotAllowed", cell.waiting_message())
         if result.interrupted:
@@ -232,6 +200,11 @@ class LXCKernel(Kernel):
         if result.status != 0:
             return self._error("ExitStatus", describe_status(result.status))
         return self._ok()
+
+    def _say_notices(self, session: ShellSession, silent: bool) -> None:
+        notices, session.notices = session.notices, []
+        for notice in notices if not silent else ():
+            self._stream("stderr", f"[lxc-kernel: {notice}]\n")
 
     def _run_interruptibly(self, session: ShellSession, code: str, sink: Any, **run: Any) -> RunResult:
         # ipykernel makes SIGINT raise KeyboardInterrupt during handlers; inside the read loop we
@@ -246,15 +219,27 @@ class LXCKernel(Kernel):
 
     def _error_for_exit(self, exc: ShellExited) -> dict[str, Any]:
         """A dead shell: say whether the container went away, and that the next cell starts afresh."""
-        try:
-            state = self.target().state()
-        except LxcKernelError:
-            state = State.RUNNING
+        state = self._state_after_exit(exc.status)
         if state is not State.RUNNING:
             advice = ADVICE.get(state, "check it with `lxc-info -n {name}`.").format(name=self.container)
             err = ContainerNotReady(self.container, state.value, f"the shell ended with it. To continue, {advice}")
             return self._error("ContainerNotReady", str(err))
         return self._error("ShellExited", f"{exc} The next cell starts a fresh shell.")
+
+    def _state_after_exit(self, status: int | None, settle: float = 2.0) -> State:
+        """The container's state once it has settled. The terminal's EOF can arrive while `lxc-stop -k`
+        is still tearing the container down, when lxc-info says RUNNING (2 of 3 runs); a shell that was
+        killed (129, 137, or no status) waits briefly for the state to move before the container is
+        called running."""
+        deadline = time.monotonic() + (settle if status in (None, 129, 137, 255) else 0.0)
+        while True:
+            try:
+                state = self.target().state()
+            except LxcKernelError:
+                return State.RUNNING
+            if state not in (State.RUNNING, State.STOPPING, State.ABORTING) or time.monotonic() >= deadline:
+                return State.STOPPED if state in (State.STOPPING, State.ABORTING) else state
+            time.sleep(0.05)
 
     # -- magics and container preparation (issue 3) ---------------------------------------------
     def _run_magics(self, lines: list[str], silent: bool) -> dict[str, Any] | None:
@@ -340,9 +325,18 @@ class LXCKernel(Kernel):
         return self._assistant
 
     def _live_session(self) -> ShellSession | None:
-        """The shell for a completion or inspection: attach lazily, but never fail the request."""
+        """The shell for a completion or inspection, or None. Read-only: an already running container
+        may get a shell attached (quietly), but nothing is created, started or unfreezed, and an
+        ephemeral copy is never made for a Tab press."""
+        session = self.shell_session
+        if session is not None and session.alive:
+            return session
+        if self.ephemeral and self._ephemeral_copy is None:
+            return None
         try:
-            return self.ensure_session()
+            if self.target().state() is not State.RUNNING:
+                return None
+            return self.ensure_session(prepare=False, quiet=True)
         except LxcKernelError:
             return None
 
@@ -409,6 +403,9 @@ class LXCKernel(Kernel):
 
     # -- shutdown -------------------------------------------------------------------------------
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        session = self.shell_session
+        if session is not None:
+            session.request_stop()  # a cell still running in the shell thread ends at once
         self.close_session()
         self._remove_ephemeral_copy()
         return {"status": "ok", "restart": restart}

@@ -1,23 +1,37 @@
-"""Pure protocol core: frame a cell for the shell and parse the shell's byte stream into events. No I/O.
+r"""Pure protocol core: frame a cell for the shell and parse the shell's byte stream into events. No I/O.
 
 How a cell travels: the kernel types ONE line into the interactive shell::
 
-    __lxck_pre A B ERR 2>/dev/null; command eval "$__lxck_x$(printf 'SRC')" </dev/null 2<>ERR;
-    { __lxck_post $? A B ERR;} 2>/dev/null
+    \__lxck_pre A B C D 2>/dev/null; \command \eval "$__lxck_x$(\command \printf 'SRC')" 0</dev/null 2>&29 29>&-;
+    { \__lxck_post "$?" A B C D;} 2>/dev/null
 
-* ``A`` and ``B`` are the two halves of a fresh random token. The whole token only ever appears in what
-  ``printf`` *outputs*, never in the typed line, its echo, ``set -x`` traces or ``history``: nothing a cell
-  prints can contain it unless it guessed 64 random bits (labgrid's split-marker trick).
+* ``A B`` are the two halves of a fresh random token for stdout, ``C D`` of a second one for the stderr
+  channel. A whole token only ever appears in what ``printf`` *outputs*, never in the typed line, its echo,
+  ``set -x`` traces or ``history``: nothing a cell prints can contain it unless it guessed 64 random bits
+  (labgrid's split-marker trick).
+* Only the stdout token ends a cell or carries its status, and it travels on the terminal's output side,
+  which the cell's processes cannot read. The stderr channel is a FIFO that the shell holds open on fd 29
+  (:data:`ERR_FD`); a cell gets it write-only (``2>&29``) and never fd 29 itself, and its markers carry
+  the stderr token, which can only say where a cell's stderr starts and ends. (Before, fd 2 was the FIFO
+  opened read-write: a background job read the whole token back from it and forged a cell's success.)
 * ``SRC`` is the cell as a printf format made of printable ASCII only (everything else as ``\\ooo``), so the
   line discipline, readline and history expansion see no control characters, tabs or quotes.
-  Cells too long for one line (busybox ash keeps 1024 bytes) are uploaded to a file instead and
-  evaluated with ``command eval "$(cat FILE)"``.
+  Cells too long for one line (busybox ash keeps 1024 bytes) are uploaded to a file and sourced.
+* Every word the kernel types is alias-proof (a leading backslash stops alias expansion) and function-proof
+  (``command`` skips functions): a cell that ran ``alias cat='cat -n'`` or defined ``printf() {...}`` must
+  not break the next cell's framing. ``$?`` is quoted against a cell's ``IFS``. Inside the kernel's own
+  functions aliases cannot apply at all: they were expanded when the functions were defined, at startup.
 * ``command eval`` turns a syntax error (an unclosed quote, an ``if`` without ``fi``) into status 2
   instead of a PS2 prompt that waits forever; ``command`` stops ash from aborting the rest of the line.
 * The line starts with a simple command, not ``{``: after ``eval`` hit an unclosed quote, bash fails to
   see a reserved word as the first token of the next line ("syntax error near unexpected token }").
+* With stdin allowed, the cell reads ``0</dev/tty``: a read-only file description of the same terminal.
+  The shell's own fd 0 is read-write, so input detection can tell the shell waiting for its next line
+  (not a prompt) from a cell's ``read`` (a prompt), whatever the scheduling.
 * The start marker lets the parser drop whatever the shell printed between cells (prompts, PROMPT_COMMAND,
-  job notices); the end marker carries the exit status, so a cell costs a single round trip.
+  job notices); the end marker carries the exit status, so a cell costs a single round trip. It may
+  carry flags after a colon: ``d`` the session directory is gone, ``e`` fd 29 is no longer the stderr
+  FIFO (a cell closed or replaced it). The session repairs both before the next cell.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import secrets
 from dataclasses import dataclass
 
 MARK = b"<<lxck:"
+ERR_FD = 29  # the shell's handle on the stderr FIFO: high enough that scripts' `exec 9>lock` miss it
 
 # Printable ASCII that can sit inside a single-quoted printf format unchanged. Excluded: ' (ends the
 # quote), \\ and % (printf format syntax) and ! (bash history expansion when a user turns it back on).
@@ -36,8 +51,16 @@ _ENCODE = [chr(b) if b in _SAFE else f"\\{b:03o}" for b in range(256)]
 # Where the shell keeps its per-session files; checked before being typed into a command line.
 _SESSION_DIR_RE = re.compile(r"/tmp/\.lxck\.[0-9]+\.[A-Za-z0-9]{4,32}")
 
-# Hold at most this much of an unterminated marker before deciding it is just output.
-_MAX_STATUS_DIGITS = 4
+# Hold at most this much of an unterminated end marker before deciding it is malformed.
+_MAX_STATUS_TAIL = 10
+
+# The end marker's body: a status of 1-4 digits, then optional flags (letters, possibly in the making).
+_END_BODY = re.compile(rb"([0-9]{1,4})(?::([a-z]{0,4}))?")
+_END_PARTIAL = re.compile(rb"[0-9]{0,4}(?::[a-z]{0,4})?")
+
+# Flags of the end marker.
+FLAG_DIR_GONE = "d"
+FLAG_ERR_BROKEN = "e"
 
 
 def sh_quote(text: str) -> str:
@@ -64,6 +87,41 @@ def valid_session_dir(path: str) -> bool:
     return bool(_SESSION_DIR_RE.fullmatch(path))
 
 
+def _checked_path(path: str, what: str) -> str:
+    if not path.startswith("/tmp/.lxck.") or "'" in path or "\n" in path:
+        raise ValueError(f"unsafe {what} {path!r}")
+    return path
+
+
+# Kernel functions, defined once at startup (so no alias defined later can touch their bodies).
+# __lxck_pre A B [C D]: xtrace off for the framing (and remember to turn it on for the cell), then the
+#   start markers on stdout and, with a stderr token, on fd 29.
+# __lxck_post STATUS A B [C D]: the stderr end marker (if fd 29 is still our FIFO), then the stdout end
+#   marker with the status and the repair flags.
+# __lxck_errok: is fd 29 still a FIFO? Without /proc, only whether it is open for writing.
+_FUNCTIONS = (
+    " __lxck_sx=$(command printf 'set -x\\nx'); __lxck_sx=${__lxck_sx%x};"
+    " __lxck_pre() { case $- in *x*) command set +x; __lxck_x=$__lxck_sx;; *) __lxck_x=;; esac;"
+    " command printf '<<lxck:%s%s:S>>' \"$1\" \"$2\";"
+    f" [ -z \"$3\" ] || command printf '<<lxck:%s%s:S>>' \"$3\" \"$4\" >&{ERR_FD}; }};"
+    f" __lxck_errok() {{ if [ -d /proc/self/fd ]; then [ -p /proc/self/fd/{ERR_FD} ];"
+    f" else {{ command : >&{ERR_FD}; }} 2>/dev/null; fi; }};"
+    " __lxck_post() { __lxck_f=; [ -d \"$__lxck_d\" ] || __lxck_f=d;"
+    f" if [ -n \"$4\" ]; then if __lxck_errok; then command printf '<<lxck:%s%s:E%s>>' \"$4\" \"$5\" \"$1\" >&{ERR_FD};"
+    " else __lxck_f=${__lxck_f}e; fi; fi;"
+    " command printf '<<lxck:%s%s:E%s%s>>' \"$2\" \"$3\" \"$1\" \"${__lxck_f:+:$__lxck_f}\"; };"
+)
+
+# Makes a session directory (0700, unguessable) with the stderr FIFO and holds it read-write on fd 29,
+# so writers never block on open and the FIFO's buffer survives a reader that is being replaced. Prints
+# the directory, or nothing when /tmp is unusable (the session then runs with stderr merged).
+_MAKE_DIR = (
+    "__lxck_d=$(command mktemp -d /tmp/.lxck.$$.XXXXXX 2>/dev/null) &&"
+    f" command mkfifo -m 600 \"$__lxck_d/err\" 2>/dev/null && \\exec {ERR_FD}<>\"$__lxck_d/err\" &&"
+    " command printf '%s\\n' \"$__lxck_d\""
+)
+
+
 @dataclass(frozen=True)
 class ShellScript:
     """The shell functions and settings a session installs once, after the shell first answers."""
@@ -82,25 +140,32 @@ class ShellScript:
 
     @staticmethod
     def bootstrap(token: str) -> bytes:
-        """Install the framing functions and report ``bash version / shell pid / session dir``."""
+        """Install the framing functions and report, one per line: bash version, shell pid, whether
+        ``/dev/tty`` opens, and the session directory (empty when none could be made)."""
         a, b = split_token(token)
         return (
             # No prompts and no history: the kernel is the only typist. bind is bash-only (bash 5.2
             # wraps prompts in bracketed-paste codes); ash ignores it with an error we discard.
             "PS1=''; PS2=''; PS4='+ '; unset PROMPT_COMMAND HISTFILE; set +o history 2>/dev/null;"
             " bind 'set enable-bracketed-paste off' 2>/dev/null;"
-            # `set -x` must trace the cell, not the framing: pre turns xtrace off and leaves
-            # "set -x<newline>" in __lxck_x, which the frame puts in front of the cell's text.
-            " __lxck_sx=$(printf 'set -x\\nx'); __lxck_sx=${__lxck_sx%x};"
-            " __lxck_pre() { case $- in *x*) set +x; __lxck_x=$__lxck_sx;; *) __lxck_x=;; esac;"
-            " printf '<<lxck:%s%s:S>>' \"$1\" \"$2\";"
-            " [ -z \"$3\" ] || printf '<<lxck:%s%s:S>>' \"$1\" \"$2\" 1<>\"$3\"; };"
-            " __lxck_post() { printf '<<lxck:%s%s:E%s>>' \"$2\" \"$3\" \"$1\";"
-            " [ -z \"$4\" ] || printf '<<lxck:%s%s:E%s>>' \"$2\" \"$3\" \"$1\" 1<>\"$4\"; };"
-            f" __lxck_pre {a} {b}; __lxck_d=$(mktemp -d /tmp/.lxck.$$.XXXXXX) && mkfifo -m 600 \"$__lxck_d/err\""
-            " && printf '%s\\n' \"${BASH_VERSION:-}\" \"$$\" \"$__lxck_d\";"
-            f" __lxck_post $? {a} {b}; unset __lxck_d\n"
+            + _FUNCTIONS
+            + f" __lxck_pre {a} {b}; command printf '%s\\n%s\\n' \"${{BASH_VERSION:-}}\" \"$$\";"
+            " if { : </dev/tty; } 2>/dev/null; then echo tty; else echo notty; fi;"
+            f" {_MAKE_DIR}; __lxck_post 0 {a} {b};"
+            # Line editing off, in vi mode, last and outside eval. bash re-reads its input from stdin
+            # when a cell turns editing off *inside* an eval: the rest of the typed line, the end
+            # marker with it, is dropped, and with stdin at /dev/null the shell exits (found by
+            # fuzzing `set +o emacs`). It does so only when the mode being turned off is the current
+            # one, so leaving vi mode current makes `set +o emacs` harmless. (Turning editing *on*
+            # inside a cell, `set -o vi|emacs`, still loses the shell; the README says so.)
+            " set -o vi 2>/dev/null; set +o vi 2>/dev/null\n"
         ).encode()
+
+
+def remake_dir_command() -> str:
+    """A query that makes a new session directory and stderr FIFO (the old one was removed from under
+    the shell, as a tmp cleaner does) and prints its path."""
+    return _MAKE_DIR
 
 
 # Session directories are named /tmp/.lxck.<shell pid>.<random>. A shell that ended without the
@@ -116,66 +181,83 @@ def frame_cell(
     source: str | None,
     token: str,
     *,
+    err_token: str | None = None,
     script_path: str | None = None,
-    stderr_path: str | None = None,
-    stdin_null: bool = True,
+    stdin: str = "null",
 ) -> bytes:
     """The one line that runs a cell.
 
-    ``source`` is inlined as a printf format; or, with ``script_path``, the cell is read from that file.
-    ``stderr_path`` is the FIFO of the separate stderr channel; None merges stderr into the terminal.
-    ``stdin_null`` gives commands end-of-file on stdin instead of the terminal, so ``read`` or ``cat``
-    can neither hang nor swallow the kernel's next line.
+    ``source`` is inlined as a printf format; or, with ``script_path``, the cell is sourced from that
+    file (written by :func:`script_file`). ``err_token`` routes stderr to the FIFO on fd 29 with its own
+    markers; None merges stderr into the terminal. ``stdin`` is ``null`` (end-of-file, so ``read`` or
+    ``cat`` can neither hang nor swallow the kernel's next line), ``tty`` (a read-only open of the
+    terminal, for interactive input) or ``inherit`` (the shell's own fd 0, where /dev/tty won't open).
     """
     a, b = split_token(token)
     if script_path is not None:
-        if not script_path.startswith("/tmp/.lxck.") or "'" in script_path:
-            raise ValueError(f"unsafe script path {script_path!r}")
-        body = f"\"$__lxck_x$(cat '{script_path}')\""
+        body = f"\\command \\. '{_checked_path(script_path, 'script path')}'"
     else:
-        body = f"\"$__lxck_x$(printf '{printf_format(source or '')}')\""
-    redirs = " </dev/null" if stdin_null else ""
-    post_err = ""
-    if stderr_path is not None:
-        if not stderr_path.startswith("/tmp/.lxck.") or "'" in stderr_path:
-            raise ValueError(f"unsafe stderr path {stderr_path!r}")
-        redirs += f" 2<>'{stderr_path}'"
-        post_err = f" '{stderr_path}'"
+        body = f"\\command \\eval \"$__lxck_x$(\\command \\printf '{printf_format(source or '')}')\""
+    redirs = {"null": " 0</dev/null", "tty": " 0</dev/tty", "inherit": ""}[stdin]
+    err = ""
+    if err_token is not None:
+        c, d = split_token(err_token)
+        err = f" {c} {d}"
+        redirs += f" 2>&{ERR_FD} {ERR_FD}>&-"
+    else:
+        redirs += f" {ERR_FD}>&-"
     return (
-        f"__lxck_pre {a} {b}{post_err} 2>/dev/null; command eval {body}{redirs};"
-        f" {{ __lxck_post $? {a} {b}{post_err};}} 2>/dev/null\n"
+        f"\\__lxck_pre {a} {b}{err} 2>/dev/null; {body}{redirs};"
+        f" {{ \\__lxck_post \"$?\" {a} {b}{err};}} 2>/dev/null\n"
     ).encode()
 
 
-def frame_sync(token: str, stderr_path: str | None = None) -> bytes:
-    """A line that only prints a start and end marker: used to resync after an interrupt."""
+def script_file(source: str) -> bytes:
+    """The file an uploaded cell is sourced from: ``set -x`` (if on) first, on the same line, so the
+    cell's line numbers stay right."""
+    return b'\\command \\eval "$__lxck_x"; ' + source.encode("utf-8", "surrogateescape")
+
+
+def frame_query(source: str, token: str) -> bytes:
+    """A hidden helper command (completion, inspection): stdin /dev/null, stderr discarded, no fd 29."""
     a, b = split_token(token)
-    post_err = f" '{stderr_path}'" if stderr_path else ""
-    return f"__lxck_pre {a} {b}{post_err} 2>/dev/null; {{ __lxck_post $? {a} {b}{post_err};}} 2>/dev/null\n".encode()
+    body = f"{{ {source}\n}}"
+    return (
+        f"\\__lxck_pre {a} {b} 2>/dev/null; \\command \\eval \"$(\\command \\printf '{printf_format(body)}')\""
+        f" 0</dev/null 2>/dev/null {ERR_FD}>&-; {{ \\__lxck_post \"$?\" {a} {b};}} 2>/dev/null\n"
+    ).encode()
+
+
+def frame_sync(token: str, err_token: str | None = None) -> bytes:
+    """A line that only prints the start and end markers: used to resync after an interrupt."""
+    a, b = split_token(token)
+    err = " {} {}".format(*split_token(err_token)) if err_token else ""
+    return f"\\__lxck_pre {a} {b}{err} 2>/dev/null; {{ \\__lxck_post \"$?\" {a} {b}{err};}} 2>/dev/null\n".encode()
 
 
 def inline_length(source: str) -> int:
     """Bytes the inline frame would take; above the shell's line limit, upload the cell instead."""
-    return len(printf_format(source)) + 160
+    return len(printf_format(source)) + 220
 
 
 class CellParser:
     """Incrementally split one cell's raw byte stream into output and its exit status.
 
-    Markers are ``<<lxck:TOKEN:S>>`` (start) and ``<<lxck:TOKEN:E<status>>>`` (end). Bytes before the
+    Markers are ``<<lxck:TOKEN:S>>`` (start) and ``<<lxck:TOKEN:E<status>[:<flags>]>>`` (end). Bytes before the
     start marker are discarded (prompts, late job notices, a previous cell's leftovers); a repeated
     start marker (from a resync line) is dropped. Only a tail that could still grow into a marker is
     held back, so the work per chunk stays proportional to the chunk: a whole-buffer search made
     15 MB of output 10x slower (LXC-FACTS).
     """
 
-    __slots__ = ("_buf", "_prefix", "started", "status")
+    __slots__ = ("_buf", "_prefix", "flags", "started", "status")
 
     def __init__(self, token: str, *, expect_start: bool = True) -> None:
         self._prefix = MARK + token.encode() + b":"
         self._buf = b""
         self.started = not expect_start
         self.status: int | None = None
+        self.flags = ""  # the end marker's repair flags (FLAG_DIR_GONE, FLAG_ERR_BROKEN)
 
     @property
     def done(self) -> bool:
@@ -207,12 +289,14 @@ class CellParser:
                 continue
             if rest.startswith(b"E"):
                 stop = rest.find(b">>")
-                digits = rest[1:stop] if stop >= 0 else rest[1:].removesuffix(b">")
-                if stop < 0 and len(digits) <= _MAX_STATUS_DIGITS and (not digits or digits.isdigit()):
+                body = rest[1:stop] if stop >= 0 else rest[1:].removesuffix(b">")
+                if stop < 0 and len(body) <= _MAX_STATUS_TAIL and _END_PARTIAL.fullmatch(body):
                     self._buf = buf[idx:]  # the status is still arriving
                     break
                 # Only this kernel knows the token, so a malformed tail is a failure, not output.
-                self.status = int(digits) if stop >= 0 and digits.isdigit() else 255
+                m = _END_BODY.fullmatch(body) if stop >= 0 else None
+                self.status = int(m.group(1)) if m else 255
+                self.flags = m.group(2).decode() if m and m.group(2) else ""
                 if not self.started:
                     out.clear()
                 self.started = True
@@ -248,7 +332,8 @@ class Handshake:
 
     bash_version: str
     pid: int
-    session_dir: str
+    session_dir: str  # empty when /tmp was unusable: then no uploads and no separate stderr
+    tty: bool = True  # /dev/tty opens, so interactive cells can read it (see frame_cell)
 
     @property
     def shell(self) -> str:
@@ -256,10 +341,11 @@ class Handshake:
 
     @classmethod
     def parse(cls, output: bytes) -> Handshake:
+        """``BASH_VERSION`` (may be empty), ``$$``, ``tty``/``notty``, the session dir (may be missing)."""
         lines = output.decode("utf-8", "replace").replace("\r", "").split("\n")
-        fields = [line for line in lines if line.strip()]
-        if len(fields) == 2:  # ash: empty BASH_VERSION line was dropped above
-            fields = ["", *fields]
-        if len(fields) != 3 or not fields[1].isdigit() or not valid_session_dir(fields[2]):
+        if len(lines) < 3 or not lines[1].isdigit() or lines[2] not in ("tty", "notty"):
             raise ValueError(f"unexpected handshake reply {output[:200]!r}")
-        return cls(fields[0], int(fields[1]), fields[2])
+        session_dir = lines[3] if len(lines) > 3 else ""
+        if session_dir and not valid_session_dir(session_dir):
+            raise ValueError(f"unexpected session directory in the handshake {session_dir[:200]!r}")
+        return cls(lines[0], int(lines[1]), session_dir, lines[2] == "tty")

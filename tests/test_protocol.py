@@ -6,7 +6,18 @@ import re
 
 import pytest
 
-from lxc_kernel.protocol import CellParser, Handshake, ShellScript, frame_cell, frame_sync, new_token, printf_format
+from lxc_kernel.protocol import (
+    ERR_FD,
+    MARK,
+    CellParser,
+    Handshake,
+    ShellScript,
+    frame_cell,
+    frame_query,
+    frame_sync,
+    new_token,
+    printf_format,
+)
 
 TOKEN = "0123456789abcdef"
 OLD = "fedcba9876543210"
@@ -91,16 +102,32 @@ def test_tokens_are_fresh_and_long() -> None:
 
 
 def test_typed_line_never_contains_the_whole_token() -> None:
-    token = new_token()
+    token, err = new_token(), new_token()
     for line in (
-        frame_cell("echo hi", token),
-        frame_cell(None, token, script_path="/tmp/.lxck.42.abcd/cell", stderr_path="/tmp/.lxck.42.abcd/err"),
-        frame_sync(token, "/tmp/.lxck.42.abcd/err"),
+        frame_cell("echo hi", token, err_token=err),
+        frame_cell(None, token, err_token=err, script_path="/tmp/.lxck.42.abcd/cell"),
+        frame_query("echo hi", token),
+        frame_sync(token, err),
         ShellScript.probe(token),
         ShellScript.bootstrap(token),
     ):
-        assert token.encode() not in line
+        assert token.encode() not in line and err.encode() not in line
         assert line.endswith(b"\n") and line.count(b"\n") == 1
+
+
+def test_cells_get_stderr_write_only_and_never_fd_29() -> None:
+    """The token-stealing fix: fd 2 is a write-only dup of the FIFO, and fd 29 itself is closed for the cell."""
+    line = frame_cell("true", TOKEN, err_token=new_token())
+    assert f" 2>&{ERR_FD} {ERR_FD}>&-".encode() in line and b"2<>" not in line
+    assert f"{ERR_FD}>&-".encode() in frame_cell("true", TOKEN)  # merged stderr: fd 29 still closed
+    assert f"{ERR_FD}>&-".encode() in frame_query("true", TOKEN)
+
+
+def test_every_typed_word_is_alias_and_function_proof() -> None:
+    line = frame_cell("true", TOKEN, err_token=new_token()).decode()
+    assert "\\__lxck_pre" in line and "\\__lxck_post" in line
+    assert "\\command \\eval" in line and "\\command \\printf" in line
+    assert '"$?"' in line  # a cell's IFS cannot split the status
 
 
 def test_printf_format_is_printable_ascii_and_round_trips() -> None:
@@ -116,17 +143,27 @@ def test_frame_refuses_unsafe_paths() -> None:
     with pytest.raises(ValueError):
         frame_cell(None, TOKEN, script_path="/tmp/x'; rm -rf /")
     with pytest.raises(ValueError):
-        frame_cell("true", TOKEN, stderr_path="/etc/passwd")
+        frame_cell(None, TOKEN, script_path="/etc/passwd")
 
 
-def test_stdin_null_is_optional() -> None:
-    assert b"</dev/null" in frame_cell("true", TOKEN)
-    assert b"</dev/null" not in frame_cell("true", TOKEN, stdin_null=False)
+def test_stdin_modes() -> None:
+    assert b" 0</dev/null" in frame_cell("true", TOKEN)
+    assert b" 0</dev/tty" in frame_cell("true", TOKEN, stdin="tty")
+    assert b"0<" not in frame_cell("true", TOKEN, stdin="inherit")
+
+
+def test_end_marker_flags() -> None:
+    p = CellParser(TOKEN)
+    assert p.feed(MARK + TOKEN.encode() + b":S>>out" + MARK + TOKEN.encode() + b":E3:d") == b"out"
+    assert p.status is None  # the flags may still be arriving
+    p.feed(b"e>>")
+    assert (p.status, p.flags) == (3, "de")
 
 
 def test_handshake_parse() -> None:
-    info = Handshake.parse(b"5.2.15(1)-release\n42\n/tmp/.lxck.42.AbC123\n")
-    assert info == Handshake("5.2.15(1)-release", 42, "/tmp/.lxck.42.AbC123") and info.shell.startswith("bash")
-    assert Handshake.parse(b"\n7\n/tmp/.lxck.7.xyzw12\n").shell == "sh"
+    info = Handshake.parse(b"5.2.15(1)-release\n42\ntty\n/tmp/.lxck.42.AbC123\n")
+    assert info == Handshake("5.2.15(1)-release", 42, "/tmp/.lxck.42.AbC123", True) and info.shell.startswith("bash")
+    assert Handshake.parse(b"\n7\nnotty\n/tmp/.lxck.7.xyzw12\n").shell == "sh"
+    assert Handshake.parse(b"\n7\ntty\n\n").session_dir == ""  # /tmp unusable: no session directory
     with pytest.raises(ValueError):
-        Handshake.parse(b"\n7\n/tmp/../etc\n")
+        Handshake.parse(b"\n7\ntty\n/tmp/../etc\n")

@@ -23,8 +23,9 @@ _CHUNK = 64 * KiB  # one read or write; a pipe holds 64 KiB on Linux (pipe(7))
 
 
 def format_limit(n: int) -> str:
-    """``4194304`` -> ``4 MiB``, ``1000`` -> ``1000 bytes``: the binary unit when it is exact, for messages."""
-    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    """``4194304`` -> ``4 MiB``, ``2000000`` -> ``2 MB``, ``1500`` -> ``1500 bytes``: a cap as it was
+    probably given (binary constants in code, decimal sizes from ``parse_size``), exact, for messages."""
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if n >= size and n % size == 0:
             return f"{n // size} {unit}"
     return f"{n} bytes" if n != 1 else "1 byte"

@@ -123,9 +123,9 @@ def pull(
         raise TransferError(f"pull of {container_path} took longer than {timeout:g} s") from exc
     except OutputTooLarge as exc:
         os.unlink(tmp)
-        raise TransferError(f"pull of {container_path}: it is larger than {format_limit(max_bytes)} "
-                            f"({max_bytes} bytes), the most this pull writes; stopped with nothing kept "
-                            "(raise the cap with `%pull --max SIZE`)") from exc
+        raise TransferError(f"pull of {container_path}: the file is larger than {format_limit(max_bytes)}, "
+                            "the most this pull writes; stopped, and nothing was kept "
+                            "(a larger cap: `%pull --max SIZE`)") from exc
     except BaseException:
         try:
             os.unlink(tmp)

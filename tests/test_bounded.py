@@ -222,7 +222,7 @@ def test_copy_streams_to_the_file_and_stops_at_the_cap(tmp_path: Path) -> None:
     with open(dest, "wb") as out, pytest.raises(OutputTooLarge) as info:
         copy_bounded(["sh", "-c", f"echo $$ > {pidfile}; exec cat /dev/zero"], out, max_bytes=1000,
                      timeout=30, what="/x")
-    assert time.monotonic() - t0 < 2 and str(info.value) == "/x is larger than 1000 bytes; refusing to read more"
+    assert time.monotonic() - t0 < 2 and str(info.value) == "/x is larger than 1 kB; refusing to read more"
     assert dest.stat().st_size == 1000  # never a byte past the cap
     assert _gone(_pid_from(pidfile), within=0.5)
 
@@ -278,5 +278,5 @@ def test_read_tail(tmp_path: Path) -> None:
 
 
 def test_format_limit() -> None:
-    assert [format_limit(n) for n in (4 << 20, 1 << 30, 4096, 1000, 1, 1536)] == [
-        "4 MiB", "1 GiB", "4 KiB", "1000 bytes", "1 byte", "1536 bytes"]
+    assert [format_limit(n) for n in (4 << 20, 1 << 30, 4096, 1000, 2_000_000, 1, 1536)] == [
+        "4 MiB", "1 GiB", "4 KiB", "1 kB", "2 MB", "1 byte", "1536 bytes"]

@@ -10,9 +10,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
 from .errors import ConfigError
-from .lxc import Tools, validate_name, validate_path
+from .options import OPTIONS, SPEC_OPTIONS, Kind, Option, pairs
 
 LANGUAGE = "bash"
 
@@ -50,6 +49,22 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message}\n{self.format_usage().strip()}")
 
 
+def _add_flag(p: argparse.ArgumentParser, option: Option, note: str = "") -> None:
+    """The install flag of one option, as the table declares it; values stay text until traits_from_args."""
+    assert option.flag is not None
+    help_text = (option.help + note).replace("%", "%%")  # argparse %-formats help strings
+    if option.kind is Kind.BOOL:
+        p.add_argument(option.flag, dest=option.dest, action="store_true", help=help_text)
+    elif option.kind in (Kind.DICT, Kind.LIST):
+        p.add_argument(option.flag, dest=option.dest, action="append", default=[], metavar=option.metavar,
+                       help=help_text + " (repeatable)")
+    elif option.flag_const is not None:
+        p.add_argument(option.flag, dest=option.dest, nargs="?", const=option.flag_const, metavar=option.metavar,
+                       help=help_text)
+    else:
+        p.add_argument(option.flag, dest=option.dest, metavar=option.metavar, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m lxc_kernel.install", description="Install a Jupyter kernelspec for one container.")
     where = p.add_mutually_exclusive_group()
@@ -58,88 +73,46 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", metavar="P", help="install under prefix P")
     p.add_argument("--name", help="kernelspec name (default: lxc-CONTAINER)")
     p.add_argument("--display-name", help="name shown in Jupyter (default: 'LXC: CONTAINER')")
-    p.add_argument("--container", help="container the shell runs in (required unless --ephemeral)")
-    p.add_argument("--lxcpath", help="LXC path (lxc-* -P)")
-    p.add_argument("--attach-user", metavar="NAME|UID[:GID]", help="attach as this user")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set a variable (repeatable)")
-    p.add_argument("--keep-env", action="append", default=[], metavar="NAME", help="forward a host variable")
-    p.add_argument("--cwd", help="working directory inside the container")
-    p.add_argument("--shell", help="shell path inside the container (default: bash, else /bin/sh)")
-    p.add_argument("--namespaces", help=f"attach only to these namespaces ({'|'.join(NAMESPACES)})")
-    p.add_argument("--elevated", help=f"elevated privileges ({'|'.join(ELEVATED)})")
-    p.add_argument("--remount-sys-proc", action="store_true", help="lxc-attach -R")
-    p.add_argument("--sudo", action="store_true", help="run lxc-* through sudo -n")
-    p.add_argument("--colors", action="store_true", help="keep colour codes in output")
-    p.add_argument("--stderr", choices=["separate", "merged"], help="stderr as its own stream or merged")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="per-cell time limit")
-    p.add_argument("--output-limit", metavar="SIZE", help="output budget per cell: 200k, 2M, off (default 1M)")
-    p.add_argument("--create-missing", nargs="?", const="busybox", choices=["busybox", "hostfs", "debian"],
-                   metavar="KIND", help="create the container of KIND (default busybox) if it doesn't exist, "
-                   "and start it")
-    p.add_argument("--start-stopped", action="store_true", help="start the container if it is stopped")
-    p.add_argument("--ephemeral", metavar="BASE",
-                   help="each kernel runs in its own throwaway overlay copy of BASE (lxc-copy -e)")
-    p.add_argument("--interrupt-mode", choices=["signal", "message"], default="signal")
+    for option in (*OPTIONS, *SPEC_OPTIONS):
+        if option.flag is not None:
+            _add_flag(p, option, " (required unless --ephemeral)" if option.name == "container" else "")
     return p
 
 
+def _flag_value(option: Option, given: Any) -> Any:
+    """What the user gave for one flag, through the option's own validator; ConfigError names the flag."""
+    try:
+        if option.kind is Kind.BOOL:
+            return option.check(given)
+        if option.kind is Kind.DICT:
+            return option.check(pairs(given))
+        if option.kind is Kind.LIST:
+            return option.check(given)
+        return option.parse(given)
+    except ConfigError as exc:
+        raise ConfigError(f"{option.flag}: {exc}") from None
+
+
+def _given(args: argparse.Namespace, option: Option) -> bool:
+    value = getattr(args, option.dest)
+    return value not in (None, False, [])
+
+
 def traits_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Validate every option as the kernel would, and map it to LXCKernel trait values."""
+    """Validate every option as the kernel would (the same validators), and map it to LXCKernel trait values.
+
+    Only the options given become traits: the kernelspec stays short, and the kernel's defaults apply.
+    """
     if not args.container and not args.ephemeral:
         raise ConfigError("--container is required (or --ephemeral BASE)")
-    traits: dict[str, Any] = {"container": validate_name(args.container or args.ephemeral)}
-    if args.ephemeral:
-        traits["ephemeral"] = validate_name(args.ephemeral, "ephemeral base")
-    if args.create_missing:
-        traits["create_missing"] = args.create_missing
-    if args.start_stopped:
-        traits["start_stopped"] = True
-    if args.lxcpath:
-        traits["lxcpath"] = validate_path(args.lxcpath, "lxcpath")
-    if args.attach_user:
-        from .users import parse_spec
+    traits = {o.name: _flag_value(o, getattr(args, o.dest)) for o in OPTIONS if o.flag and _given(args, o)}
+    # An ephemeral kernel names its base as the container too, so `%lxc` commands have a default before the copy.
+    return {"container": traits.pop("container", None) or traits["ephemeral"], **traits}
 
-        parse_spec(args.attach_user)
-        traits["user"] = args.attach_user
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--env wants KEY=VALUE, got {item!r}")
-        env[key] = value
-    if env:
-        traits["env"] = dict(env_pairs(env))
-    if args.keep_env:
-        env_pairs({name: "" for name in args.keep_env})
-        traits["keep_env"] = list(args.keep_env)
-    if args.cwd:
-        traits["cwd"] = validate_path(args.cwd, "working directory")
-    if args.shell:
-        traits["shell_path"] = validate_path(args.shell, "shell")
-    if args.namespaces:
-        traits["namespaces"] = "|".join(parse_flags(args.namespaces, NAMESPACES, "namespace"))
-    if args.elevated:
-        traits["elevated"] = "|".join(parse_flags(args.elevated, ELEVATED, "privilege"))
-    for flag in ("remount_sys_proc", "sudo", "colors"):
-        if getattr(args, flag):
-            traits[flag] = True
-    if args.stderr:
-        traits["stderr"] = args.stderr
-    if args.timeout is not None:
-        if args.timeout < 0:
-            raise ConfigError("--timeout must be 0 (none) or more seconds")
-        traits["cell_timeout"] = args.timeout
-    if args.output_limit is not None:
-        from .budget import parse_size
 
-        try:
-            parse_size(args.output_limit)
-        except ValueError as exc:
-            raise ConfigError(f"--output-limit: {exc}") from None
-        traits["output_limit"] = args.output_limit
-    # One more pass through the value object the kernel itself builds.
-    AttachOptions(traits["container"], tools=Tools(lxcpath=traits.get("lxcpath")), env=env_pairs(env))
-    return traits
+def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The kernel.json fields that are not traits (``interrupt_mode``), validated like the traits."""
+    return {o.name: _flag_value(o, getattr(args, o.dest)) for o in SPEC_OPTIONS if _given(args, o)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         traits = traits_from_args(args)
+        fields = spec_fields(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -161,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            else f"LXC: ephemeral copy of {args.ephemeral}"),
         python=sys.executable,
         traits=traits,
-        interrupt_mode=args.interrupt_mode,
+        interrupt_mode=fields.get("interrupt_mode", "signal"),
     )
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "kernel.json"), "w") as fh:

@@ -43,6 +43,11 @@ def test_writes_a_kernelspec_with_options(tmp_path: Path) -> None:
         (["--container", "c1", "--cwd", "relative/path"], "absolute"),
         (["--container", "c1", "--attach-user", "x;y"], "invalid user"),
         (["--container", "c1", "--bogus"], "unrecognized arguments"),
+        (["--container", "c1", "--timeout", "-1"], "--timeout: must be 0 (none) or more seconds"),
+        (["--container", "c1", "--output-limit", "lots"], "--output-limit: not a size"),
+        (["--container", "c1", "--stderr", "sideways"], "--stderr: 'sideways' is not one of separate, merged"),
+        (["--container", "c1", "--create-missing", "arch"], "--create-missing: unknown kind 'arch'"),
+        (["--container", "c1", "--interrupt-mode", "never"], "--interrupt-mode: 'never' is not one of"),
         ([], "required"),
     ],
 )
@@ -51,6 +56,15 @@ def test_bad_options_are_refused(tmp_path: Path, args: list[str], message: str) 
     assert proc.returncode == 2
     assert message in proc.stderr
     assert not (tmp_path / "share").exists()
+
+
+def test_only_given_flags_become_traits(tmp_path: Path) -> None:
+    proc = _install("--prefix", str(tmp_path), "--name", "eph", "--ephemeral", "base", "--create-missing")
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads((tmp_path / "share/jupyter/kernels/eph/kernel.json").read_text())
+    assert spec["argv"][5:] == ["--LXCKernel.container=base", "--LXCKernel.create_missing=busybox",
+                                "--LXCKernel.ephemeral=base"]
+    assert spec["interrupt_mode"] == "signal" and spec["display_name"] == "LXC: ephemeral copy of base"
 
 
 def test_default_kernelspec_is_registered_by_pip_install() -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from . import transfer
-from .attach import ELEVATED, NAMESPACES, AttachOptions, parse_flags, validate_env_name
+from .attach import AttachOptions
 from .errors import ConfigError, LxcCommandError, LxcKernelError
 from .lxc import (
     Container,
@@ -36,6 +36,7 @@ from .lxc import (
     validate_name,
     validate_path,
 )
+from .options import ATTACH, OPTIONS, Kind, Option, on_off
 
 # -- errors and parsing ---------------------------------------------------------------------------
 
@@ -99,22 +100,19 @@ def split_cell(code: str) -> tuple[list[str], str]:
 
 
 class Host(Protocol):
-    """The kernel as magics see it: its option traits, its session, and where output goes."""
+    """The kernel as magics see it: its option traits, its session, and where output goes.
+
+    The option traits are those of options.OPTIONS; ``%attach`` reads and sets them by name. Listed here
+    are the ones other magics use directly.
+    """
 
     container: str
-    lxcpath: str
     user: str
-    env: dict[str, str]
-    keep_env: list[str]
     cwd: str
-    shell_path: str
-    namespaces: str
-    elevated: str
-    remount_sys_proc: bool
-    sudo: bool
     colors: bool
     stderr: str
     cell_timeout: float
+    output_limit: str
     ephemeral: str
 
     @property
@@ -820,56 +818,57 @@ _LXC_COMMANDS: dict[str, Callable[[Host, argparse.Namespace], None]] = {
 
 
 # -- %attach -------------------------------------------------------------------------------------------
+# Every %attach subcommand, its parsing and its `show` row come from the option table (options.py).
 
-_ATTACH_TRAITS = ("user", "env", "keep_env", "cwd", "shell_path", "namespaces", "elevated", "remount_sys_proc",
-                  "lxcpath", "sudo", "stderr", "colors")
+# What a new shell is built from: every %attach option, and the two other magics change (%stderr
+# re-attaches; colors is read when the session is built). A failed re-attach puts these back.
+_ATTACH_TRAITS = (*(option.name for option in ATTACH.values()), "stderr", "colors")
 
 
 def _option_rows(host: Host) -> list[tuple[str, str]]:
-    env = ", ".join(f"{k}={v}" for k, v in host.env.items()) or "-"
-    return [
-        ("user", host.user or "root"),
-        ("env", env),
-        ("keep-env", ", ".join(host.keep_env) or "-"),
-        ("cwd", host.cwd or "(the user's home)"),
-        ("shell", host.shell_path or "auto (bash if present, else /bin/sh)"),
-        ("namespaces", host.namespaces or "all"),
-        ("elevated", host.elevated or "none"),
-        ("remount-sys-proc", "on" if host.remount_sys_proc else "off"),
-        ("lxcpath", host.lxcpath or "(default)"),
-        ("sudo", "on" if host.sudo else "off"),
-        ("colors", "on" if host.colors else "off"),
-        ("stderr", host.stderr),
-        ("timeout", f"{host.cell_timeout:g} s" if host.cell_timeout else "off"),
-    ]
+    return [(option.word, option.render(getattr(host, option.name))) for option in OPTIONS if option.shown]
 
 
 def _on_off(value: str, what: str) -> bool:
-    if value.lower() in ("on", "yes", "true", "1"):
-        return True
-    if value.lower() in ("off", "no", "false", "0"):
-        return False
-    raise UsageError(f"{what}: say on or off, not {value!r}")
+    try:
+        return on_off(value)
+    except ConfigError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def _attach_usages(option: Option) -> list[str]:
+    assert option.attach is not None
+    return [f"%attach {option.word} {option.attach.metavar}", *(f"%attach {u}" for u, _ in option.attach.more)]
+
+
+def _attach_help() -> str:
+    """The subcommand lines of ``%attach --help``: usage, then the help column (continued on new lines)."""
+    lines = [f"  {'%attach show':<32}  the options in force"]
+    for option in ATTACH.values():
+        assert option.attach is not None
+        rows = [(_attach_usages(option)[0], option.attach.help)]
+        rows += [(f"%attach {usage}", text) for usage, text in option.attach.more]
+        for usage, text in rows:
+            first, *rest = text.splitlines()
+            lines.append(f"  {usage:<32}  {first}")
+            lines += [" " * 36 + line for line in rest]
+    return "\n".join(lines)
 
 
 def _attach_parser() -> MagicParser:
     p = MagicParser(prog="%attach")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="OPTION", parser_class=MagicParser)
     sub.add_parser("show", prog="%attach show")
-    sub.add_parser("user", prog="%attach user").add_argument("spec", metavar="NAME|UID[:GID]|root")
-    e = sub.add_parser("env", prog="%attach env")
-    e.add_argument("assign", nargs="*", metavar="KEY=VALUE")
-    e.add_argument("-u", "--unset", action="append", default=[], metavar="KEY")
-    k = sub.add_parser("keep-env", prog="%attach keep-env")
-    k.add_argument("names", nargs="*", metavar="NAME")
-    k.add_argument("-u", "--unset", action="append", default=[], metavar="NAME")
-    sub.add_parser("cwd", prog="%attach cwd").add_argument("path", metavar="PATH|home")
-    sub.add_parser("shell", prog="%attach shell").add_argument("path", metavar="PATH|auto")
-    sub.add_parser("namespaces", prog="%attach namespaces").add_argument("flags", metavar="LIST|all")
-    sub.add_parser("elevated", prog="%attach elevated").add_argument("flags", metavar="LIST|none")
-    sub.add_parser("remount-sys-proc", prog="%attach remount-sys-proc").add_argument("value", metavar="on|off")
-    sub.add_parser("lxcpath", prog="%attach lxcpath").add_argument("path", metavar="PATH|default")
-    sub.add_parser("sudo", prog="%attach sudo").add_argument("value", metavar="on|off")
+    for word, option in ATTACH.items():
+        assert option.attach is not None
+        s = sub.add_parser(word, prog=f"%attach {word}")
+        metavar = option.attach.metavar.removesuffix(" ...")
+        if option.kind in (Kind.DICT, Kind.LIST):
+            # Changed item by item: add some, remove some with -u.
+            s.add_argument("words", nargs="*", metavar=metavar)
+            s.add_argument("-u", "--unset", action="append", default=[], metavar=metavar.split("=")[0])
+        else:
+            s.add_argument("words", nargs=1, metavar=metavar)
     return p
 
 
@@ -880,25 +879,6 @@ def attach_magic(host: Host, args: list[str]) -> None:
     The shell is closed and a new one attached with the new options; the output says so. Variables,
     functions and the working directory of the old shell are gone. A change that fails to attach is
     rolled back. Each option has a kernelspec counterpart (`python -m lxc_kernel.install --help`).
-
-      %attach show                      the options in force
-      %attach user NAME|UID[:GID]|root  run as this user (names resolved in the container's
-                                        /etc/passwd and /etc/group); HOME, USER, LOGNAME follow
-      %attach env KEY=VALUE ...         set variables in the shell's environment
-      %attach env -u KEY                remove one
-      %attach keep-env NAME             forward one host variable, by name (-u NAME stops it)
-      %attach cwd PATH|home             working directory the shell starts in
-      %attach shell PATH|auto           the shell (auto: bash if present, else /bin/sh)
-      %attach namespaces LIST|all       attach to only these namespaces, e.g. MOUNT|PID
-                                        (lxc-attach -s; implies elevated privileges)
-      %attach elevated LIST|none        CAP|CGROUP|LSM: keep these host privileges (lxc-attach -e)
-                                        WARNING: namespaces and elevated may leak host privileges
-                                        into the container
-      %attach remount-sys-proc on|off   remount /sys and /proc for the shell (lxc-attach -R)
-      %attach lxcpath PATH|default      where the containers live (lxc-* -P)
-      %attach sudo on|off               run lxc-* through `sudo -n`, for a kernel that is not run
-                                        by root; without a NOPASSWD rule it fails with a clear
-                                        error, never a password prompt
     """
     ns = _attach_parser().parse_args(args)
     if ns.cmd == "show":
@@ -911,62 +891,21 @@ def attach_magic(host: Host, args: list[str]) -> None:
     _reattach(host, previous, changed)
 
 
-def _apply_attach(host: Host, ns: argparse.Namespace) -> str:
-    """Set the kernel's option traits from ``%attach``; return what changed, for the message."""
-    cmd = ns.cmd
-    if cmd == "user":
-        from .users import parse_spec
+attach_magic.__doc__ = inspect.cleandoc(attach_magic.__doc__ or "") + "\n\n" + _attach_help()
 
-        spec = "" if ns.spec in ("root", "0", "0:0") else ns.spec
-        if spec:
-            parse_spec(spec)
-        host.user = spec
-        return f"user {ns.spec}"
-    if cmd == "env":
-        env = dict(host.env)
-        for item in ns.assign:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UsageError(f"%attach env: {item!r} is not KEY=VALUE (use -u KEY to remove one)")
-            validate_env_name(key)
-            env[key] = value
-        for key in ns.unset:
-            env.pop(validate_env_name(key), None)
-        if not ns.assign and not ns.unset:
-            raise UsageError("%attach env KEY=VALUE ... | -u KEY: nothing to change")
-        host.env = env
-        return "env " + " ".join([*ns.assign, *(f"-u {k}" for k in ns.unset)])
-    if cmd == "keep-env":
-        names = [n for n in host.keep_env if n not in ns.unset]
-        for name in ns.names:
-            if validate_env_name(name) not in names:
-                names.append(name)
-        if not ns.names and not ns.unset:
-            raise UsageError("%attach keep-env NAME ... | -u NAME: nothing to change")
-        host.keep_env = names
-        return f"keep-env {', '.join(names) or '(none)'}"
-    if cmd == "cwd":
-        host.cwd = "" if ns.path in ("home", "~") else validate_path(ns.path, "working directory")
-        return f"cwd {ns.path}"
-    if cmd == "shell":
-        host.shell_path = "" if ns.path == "auto" else validate_path(ns.path, "shell")
-        return f"shell {ns.path}"
-    if cmd == "namespaces":
-        host.namespaces = "" if ns.flags.lower() == "all" else "|".join(parse_flags(ns.flags, NAMESPACES, "namespace"))
-        return f"namespaces {host.namespaces or 'all'}"
-    if cmd == "elevated":
-        host.elevated = "" if ns.flags.lower() == "none" else "|".join(parse_flags(ns.flags, ELEVATED, "privilege"))
-        return f"elevated {host.elevated or 'none'}"
-    if cmd == "remount-sys-proc":
-        host.remount_sys_proc = _on_off(ns.value, "%attach remount-sys-proc")
-        return f"remount-sys-proc {'on' if host.remount_sys_proc else 'off'}"
-    if cmd == "lxcpath":
-        host.lxcpath = "" if ns.path == "default" else validate_path(ns.path, "lxcpath")
-        return f"lxcpath {ns.path}"
-    if cmd == "sudo":
-        host.sudo = _on_off(ns.value, "%attach sudo")
-        return f"sudo {'on' if host.sudo else 'off'}"
-    raise UsageError(f"%attach: unknown option {cmd!r}")  # pragma: no cover - argparse refuses first
+
+def _apply_attach(host: Host, ns: argparse.Namespace) -> str:
+    """Set one option trait from ``%attach`` through its validator; return what changed, for the message.
+
+    A refused value is a usage error and nothing is set, so the shell and the other options stay.
+    """
+    option = ATTACH[ns.cmd]
+    try:
+        value, said = option.from_words(ns.words, getattr(ns, "unset", []), getattr(host, option.name))
+    except ConfigError as exc:
+        raise UsageError(f"%attach {ns.cmd}: {exc}\nusage: {' | '.join(_attach_usages(option))}") from None
+    setattr(host, option.name, value)
+    return f"{ns.cmd} {said}"
 
 
 def _reattach(host: Host, previous: dict[str, Any], changed: str) -> None:

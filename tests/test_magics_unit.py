@@ -17,6 +17,7 @@ import pytest
 from lxc_kernel import ephemeral, install, magics
 from lxc_kernel.errors import ConfigError
 from lxc_kernel.lxc import ContainerInfo, Snapshot, State, Tools, parse_fancy
+from lxc_kernel.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,21 +26,10 @@ class FakeHost:
     """Just enough of the kernel for magics that never reach the container."""
 
     def __init__(self) -> None:
+        # Every option trait at its default, from the same table the kernel's traits come from.
+        for option in OPTIONS:
+            setattr(self, option.name, option.initial())
         self.container = "lxck-t3-unit"
-        self.lxcpath = ""
-        self.user = ""
-        self.env: dict[str, str] = {}
-        self.keep_env: list[str] = []
-        self.cwd = ""
-        self.shell_path = ""
-        self.namespaces = ""
-        self.elevated = ""
-        self.remount_sys_proc = False
-        self.sudo = False
-        self.colors = False
-        self.stderr = "separate"
-        self.cell_timeout = 0.0
-        self.ephemeral = ""
         self.shell_session: Any = None
         self.out: list[tuple[str, str]] = []
         # A PATH without lxc tools: anything that tried to run one would fail loudly, not silently pass.

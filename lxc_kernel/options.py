@@ -377,7 +377,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "output_limit", Kind.STR, "1M",
         "output budget per cell (`200k`, `2M`, `off`): past it the notebook keeps the head and the tail, and "
-        "the whole output is saved to a file on the kernel's host; see *Frontends*",
+        "the whole output is saved to a file on the kernel's host",
         _size, flag="--output-limit", metavar="SIZE", magic="%output SIZE|off",
     ),
     Option(

@@ -1004,7 +1004,8 @@ def push_magic(host: Host, args: list[str]) -> None:
     Byte-exact for any file (binary, any size), through the attach channel, so it works for every
     storage backend including overlay clones; the file is written as the attached user. A relative
     CONTAINER_PATH is relative to the shell's working directory, a relative HOST_PATH to the kernel's.
-    Reports the size and rate; the size is checked on arrival.
+    CONTAINER_PATH must be a regular file or not exist yet. Reports the size and rate; the size is
+    checked on arrival.
     """
     p = MagicParser(prog="%push")
     p.add_argument("host_path")
@@ -1017,20 +1018,34 @@ def push_magic(host: Host, args: list[str]) -> None:
 
 @magic("pull")
 def pull_magic(host: Host, args: list[str]) -> None:
-    """%pull CONTAINER_PATH HOST_PATH: copy a file from the container to the kernel's host.
+    """%pull [--max SIZE] CONTAINER_PATH HOST_PATH: copy a file from the container to the kernel's host.
 
-    Byte-exact, through the attach channel (any storage backend), read as the attached user. A failed
-    pull leaves no partial file. Paths are resolved as for %push. Reports the size and rate.
+    Byte-exact, through the attach channel (any storage backend), read as the attached user. Only a
+    regular file is pulled: a device, FIFO or directory is refused ("not a regular file"). At most
+    SIZE bytes are written (default 1 GiB; 500k, 20M, 5G as in %output): a larger file is refused, not
+    cut. A failed pull leaves no partial file. Paths are resolved as for %push. Reports the size and rate.
     """
+    from .budget import parse_size
+
     p = MagicParser(prog="%pull")
+    p.add_argument("--max", metavar="SIZE")
     p.add_argument("container_path")
     p.add_argument("host_path")
     ns = p.parse_args(args)
+    max_bytes = transfer.DEFAULT_MAX_PULL
+    if ns.max is not None:
+        try:
+            max_bytes = parse_size(ns.max)
+        except ValueError as exc:
+            raise UsageError(f"%pull --max: {exc}\n{p.format_usage().strip()}") from None
+        if max_bytes <= 0:
+            # The container decides what the file holds: a pull always has a cap, however large.
+            raise UsageError(f"%pull --max: give a size such as 500k or 20G, not {ns.max!r}")
     src = _container_path(host, ns.container_path)
     dest = os.path.expanduser(ns.host_path)
     if os.path.isdir(dest):
         dest = os.path.join(dest, os.path.basename(src))
-    done = transfer.pull(_launcher(host), src, dest)
+    done = transfer.pull(_launcher(host), src, dest, max_bytes=max_bytes)
     _say(host, done.describe("pulled"))
 
 

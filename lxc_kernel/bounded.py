@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import selectors
 import signal
@@ -20,6 +22,7 @@ GiB = 1024 * MiB
 
 DEFAULT_STDERR_LIMIT = 64 * KiB
 _CHUNK = 64 * KiB  # one read or write; a pipe holds 64 KiB on Linux (pipe(7))
+_BIG_CHUNK = 1 * MiB  # stdout's pipe is grown to this where the system allows it
 
 
 def format_limit(n: int) -> str:
@@ -103,6 +106,12 @@ def _kill(proc: subprocess.Popen[bytes], group: bool) -> None:
     proc.wait()
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _describe(argv: Sequence[str]) -> str:
     return f"the output of {os.path.basename(argv[0])}" if argv else "the output"
 
@@ -159,6 +168,16 @@ def _run(
             else:
                 proc.stdin.close()
         out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        try:
+            # A bigger pipe means fewer wake-ups per megabyte (pipe(7): up to pipe-max-size, 1 MiB).
+            fcntl.fcntl(out_fd, fcntl.F_SETPIPE_SZ, _BIG_CHUNK)
+        except (OSError, AttributeError):
+            pass
+        file_fd = -1
+        can_splice = hasattr(os, "splice")
+        if out is not None:
+            out.flush()  # from here on the file is written through its fd, after anything buffered
+            file_fd = out.fileno()
         while sel.get_map():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -178,26 +197,48 @@ def _run(
                         sel.unregister(fd)
                         proc.stdin.close()
                     continue
+                if fd == err_fd:
+                    try:
+                        data = os.read(fd, _CHUNK)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        err.feed(data)
+                    else:
+                        sel.unregister(fd)
+                    continue
+                room = stdout_limit - stdout_size
+                if file_fd >= 0 and can_splice and room > 0:
+                    # Pipe to file inside the kernel: a pull ran at a third of the speed of plain `cat`
+                    # when every byte went through a Python buffer.
+                    try:
+                        n = os.splice(fd, file_fd, min(_BIG_CHUNK, room))
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                            raise
+                        can_splice = False  # e.g. an O_APPEND file: read and write instead
+                        continue
+                    if n == 0:
+                        sel.unregister(fd)
+                    stdout_size += n
+                    continue
                 # Read one byte past the cap, never more: that byte proves the stream is over the limit.
-                want = _CHUNK if fd == err_fd or out is not None else min(_CHUNK, stdout_limit + 1 - len(stdout))
                 try:
-                    data = os.read(fd, want)
+                    data = os.read(fd, min(_BIG_CHUNK, room + 1))
                 except BlockingIOError:
                     continue
                 if not data:
                     sel.unregister(fd)
                     continue
-                if fd == err_fd:
-                    err.feed(data)
-                    continue
-                assert fd == out_fd
-                stdout_size += len(data)
-                if stdout_size > stdout_limit:
-                    if out is not None and stdout_size - len(data) < stdout_limit:
-                        out.write(data[: stdout_limit - (stdout_size - len(data))])
+                if len(data) > room:
+                    if file_fd >= 0:
+                        _write_all(file_fd, data[:room])
                     raise OutputTooLarge(what, stdout_limit)
-                if out is not None:
-                    out.write(data)
+                stdout_size += len(data)
+                if file_fd >= 0:
+                    _write_all(file_fd, data)
                 else:
                     stdout += data
         # Both pipes are closed: the child is exiting (or it handed them on and lingers: the deadline holds).

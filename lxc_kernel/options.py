@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import logging
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,8 @@ from .errors import ConfigError
 from .lxc import validate_name, validate_path
 from .provision import KINDS
 from .users import parse_spec
+
+log = logging.getLogger(__name__)
 
 
 class Kind(enum.Enum):
@@ -427,18 +430,45 @@ def check(name: str, value: Any) -> Any:
 
 def traits() -> dict[str, Any]:
     """LXCKernel's configurable traits, plus one validate hook that runs each option's validator on
-    every assignment (command line, config file, magics): put them in the class namespace."""
+    every assignment (command line, config file, magics): put them in the class namespace.
+
+    An assignment at run time (a magic, code) that fails raises OptionError and leaves the value as it
+    was. A value from the configuration that fails is kept, logged, and recorded in the instance's
+    ``option_errors`` (trait name -> message): refusing it would kill the kernel before its first reply,
+    and the frontend would show only "kernel died" and restart it in a loop. Kept, the same validators
+    report it on the first cell when the shell is attached, and `%lxc use` or `%attach` can fix it.
+    """
 
     def _validate_option(obj: Any, proposal: Any) -> Any:
         option = BY_NAME[proposal["trait"].name]
+        errors: dict[str, str] = obj.__dict__.setdefault("option_errors", {})
+        if option.name in errors and proposal["value"] == obj._trait_values.get(option.name):
+            # The refused config value assigned again, as a failed re-attach restores it: keep it as it is.
+            return proposal["value"]
         try:
-            return option.check(proposal["value"])
+            value = option.check(proposal["value"])
         except ConfigError as exc:
-            raise OptionError(f"{type(obj).__name__}.{option.name}: {exc}") from None
+            message = f"{type(obj).__name__}.{option.name}: {exc}"
+            # traitlets holds this lock while it loads a config or constructor kwargs as one batch
+            # (HasTraits.hold_trait_notifications), and only then.
+            if not obj._cross_validation_lock:
+                raise OptionError(message) from None
+            errors[option.name] = message
+            # The kernel's own logger may not exist yet while its config loads.
+            (getattr(obj, "log", None) or log).error("bad option: %s", message)
+            return proposal["value"]
+        errors.pop(option.name, None)
+        return value
 
     namespace: dict[str, Any] = {option.name: option.trait() for option in OPTIONS}
     namespace["_validate_option"] = validate(*BY_NAME)(_validate_option)
     return namespace
+
+
+def config_errors(kernel: object) -> dict[str, str]:
+    """The configured values the validators refused (trait name -> one-line message), kept as given."""
+    errors: dict[str, str] = getattr(kernel, "__dict__", {}).get("option_errors", {})
+    return dict(errors)
 
 
 # -- documentation ---------------------------------------------------------------------------------------

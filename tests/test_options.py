@@ -162,8 +162,21 @@ def test_a_bad_value_is_refused_by_the_same_validator_everywhere(
             setattr(kernel, name, value)
         assert isinstance(trait_err.value, TraitError)  # so traitlets rolls back a half-loaded config
         assert getattr(kernel, name) == before
-        with pytest.raises(ConfigError, match=re.escape(says)):
-            LXCKernel(config=Config({"LXCKernel": {name: value}}))
+        # From the configuration it is kept and reported, not fatal: the kernel must live to say what is wrong.
+        configured = LXCKernel(config=Config({"LXCKernel": {name: value}}))
+        assert getattr(configured, name) == value
+        assert re.match(f"^LXCKernel.{name}: .*{re.escape(says)}", options.config_errors(configured)[name])
+
+
+def test_a_bad_configured_value_is_kept_until_a_good_one_replaces_it() -> None:
+    k = LXCKernel(config=Config({"LXCKernel": {"container": "bad;name", "cwd": "rel"}}))
+    assert options.config_errors(k).keys() == {"container", "cwd"}
+    k.cwd = "rel"  # as a failed re-attach restores it
+    k.container = "good"
+    assert options.config_errors(k).keys() == {"cwd"}
+    with pytest.raises(ConfigError):
+        k.container = "bad;name"
+    assert k.container == "good" and options.config_errors(LXCKernel()) == {}
 
 
 def test_a_bad_install_flag_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:

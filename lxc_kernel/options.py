@@ -35,8 +35,8 @@ class Kind(enum.Enum):
 
 
 class OptionError(ConfigError, TraitError):
-    """A refused option value. A ConfigError, so the kernel reports it like any bad option; a TraitError,
-    so traitlets rolls back a half-loaded config (``hold_trait_notifications`` only undoes TraitErrors)."""
+    """A refused assignment. A ConfigError, so the kernel reports it like any bad option; a TraitError,
+    which is what traitlets and code written for it expect a trait to raise."""
 
 
 Validator = Callable[[Any], Any]

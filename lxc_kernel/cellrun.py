@@ -192,7 +192,12 @@ class CellRun:
                 self._finish(now)
 
     def stderr_respawned(self) -> None:
+        """A new reader runs. A reader that is killed can still take what is in the FIFO with it, the
+        start marker included; this cell's stderr is then whatever the new one reads, marked lost."""
         self.stderr_alive = True
+        if self.err is not None and not self.err.started and self.phase in (Phase.RUNNING, Phase.DRAINING):
+            self.err.started = True
+            self.stderr_lost = True
 
     def shell_died(self, now: float) -> None:
         """The shell process ended (seen through a pidfd) but the terminal may stay open."""

@@ -2,7 +2,7 @@ r"""Pure protocol core: frame a cell for the shell and parse the shell's byte st
 
 How a cell travels: the kernel types ONE line into the interactive shell::
 
-    \__lxck_pre A B C D 2>/dev/null; \command \eval "$__lxck_x$(\command \printf 'SRC')" 0</dev/null 2>&29 29>&-;
+    \__lxck_pre A B C D 2>/dev/null; \command \eval "$__lxck_x$(\command \printf 'SRC')" 0</dev/null 2>&28 28>&- 29>&-;
     { \__lxck_post "$?" A B C D;} 2>/dev/null
 
 * ``A B`` are the two halves of a fresh random token for stdout, ``C D`` of a second one for the stderr
@@ -10,8 +10,9 @@ How a cell travels: the kernel types ONE line into the interactive shell::
   ``set -x`` traces or ``history``: nothing a cell prints can contain it unless it guessed 64 random bits
   (labgrid's split-marker trick).
 * Only the stdout token ends a cell or carries its status, and it travels on the terminal's output side,
-  which the cell's processes cannot read. The stderr channel is a FIFO that the shell holds open on fd 29
-  (:data:`ERR_FD`); a cell gets it write-only (``2>&29``) and never fd 29 itself, and its markers carry
+  which the cell's processes cannot read. The stderr channel is a FIFO that the shell holds open on fds
+  28 (write-only) and 29 (read-write); a cell gets it as a write-only fd 2 (``2>&28``) and neither of the
+  shell's fds, and its markers carry
   the stderr token, which can only say where a cell's stderr starts and ends. (Before, fd 2 was the FIFO
   opened read-write: a background job read the whole token back from it and forged a cell's success.)
 * ``SRC`` is the cell as a printf format made of printable ASCII only (everything else as ``\\ooo``), so the
@@ -30,7 +31,7 @@ How a cell travels: the kernel types ONE line into the interactive shell::
   (not a prompt) from a cell's ``read`` (a prompt), whatever the scheduling.
 * The start marker lets the parser drop whatever the shell printed between cells (prompts, PROMPT_COMMAND,
   job notices); the end marker carries the exit status, so a cell costs a single round trip. It may
-  carry flags after a colon: ``d`` the session directory is gone, ``e`` fd 29 is no longer the stderr
+  carry flags after a colon: ``d`` the session directory is gone, ``e`` fd 28 is no longer the stderr
   FIFO (a cell closed or replaced it). The session repairs both before the next cell.
 """
 
@@ -41,7 +42,11 @@ import secrets
 from dataclasses import dataclass
 
 MARK = b"<<lxck:"
-ERR_FD = 29  # the shell's handle on the stderr FIFO: high enough that scripts' `exec 9>lock` miss it
+# The shell's handles on the stderr FIFO, high enough that scripts' `exec 9>lock` miss them: 28 is
+# write-only (what cells get as fd 2 and what the markers go through), 29 read-write (held, never read,
+# so writers never block on open and the FIFO keeps its buffer while a reader is replaced).
+ERR_FD = 28
+HOLD_FD = 29
 
 # Printable ASCII that can sit inside a single-quoted printf format unchanged. Excluded: ' (ends the
 # quote), \\ and % (printf format syntax) and ! (bash history expansion when a user turns it back on).
@@ -95,10 +100,10 @@ def _checked_path(path: str, what: str) -> str:
 
 # Kernel functions, defined once at startup (so no alias defined later can touch their bodies).
 # __lxck_pre A B [C D]: xtrace off for the framing (and remember to turn it on for the cell), then the
-#   start markers on stdout and, with a stderr token, on fd 29.
-# __lxck_post STATUS A B [C D]: the stderr end marker (if fd 29 is still our FIFO), then the stdout end
+#   start markers on stdout and, with a stderr token, on fd 28.
+# __lxck_post STATUS A B [C D]: the stderr end marker (if fd 28 is still our FIFO), then the stdout end
 #   marker with the status and the repair flags.
-# __lxck_errok: is fd 29 still a FIFO? Without /proc, only whether it is open for writing.
+# __lxck_errok: is fd 28 still a FIFO? Without /proc, only whether it is open for writing.
 _FUNCTIONS = (
     " __lxck_sx=$(command printf 'set -x\\nx'); __lxck_sx=${__lxck_sx%x};"
     " __lxck_pre() { case $- in *x*) command set +x; __lxck_x=$__lxck_sx;; *) __lxck_x=;; esac;"
@@ -112,12 +117,13 @@ _FUNCTIONS = (
     " command printf '<<lxck:%s%s:E%s%s>>' \"$2\" \"$3\" \"$1\" \"${__lxck_f:+:$__lxck_f}\"; };"
 )
 
-# Makes a session directory (0700, unguessable) with the stderr FIFO and holds it read-write on fd 29,
+# Makes a session directory (0700, unguessable) with the stderr FIFO and holds it on fds 28 and 29,
 # so writers never block on open and the FIFO's buffer survives a reader that is being replaced. Prints
 # the directory, or nothing when /tmp is unusable (the session then runs with stderr merged).
 _MAKE_DIR = (
     "__lxck_d=$(command mktemp -d /tmp/.lxck.$$.XXXXXX 2>/dev/null) &&"
-    f" command mkfifo -m 600 \"$__lxck_d/err\" 2>/dev/null && \\exec {ERR_FD}<>\"$__lxck_d/err\" &&"
+    f" command mkfifo -m 600 \"$__lxck_d/err\" 2>/dev/null &&"
+    f" \\exec {HOLD_FD}<>\"$__lxck_d/err\" {ERR_FD}>\"$__lxck_d/err\" &&"
     " command printf '%s\\n' \"$__lxck_d\""
 )
 
@@ -162,10 +168,13 @@ class ShellScript:
         ).encode()
 
 
-def remake_dir_command() -> str:
-    """A query that makes a new session directory and stderr FIFO (the old one was removed from under
-    the shell, as a tmp cleaner does) and prints its path."""
-    return _MAKE_DIR
+def frame_remake_dir(token: str) -> bytes:
+    """A line that makes a new session directory and stderr FIFO (the old one was removed from under the
+    shell, as a tmp cleaner does) and prints its path. Not through eval: fds 28 and 29 are closed around
+    every eval (and restored after it), so an ``exec 28>...`` inside one would not last."""
+    a, b = split_token(token)
+    line = f"\\__lxck_pre {a} {b} 2>/dev/null; {_MAKE_DIR} 0</dev/null; \\__lxck_post \"$?\" {a} {b} 2>/dev/null\n"
+    return line.encode()
 
 
 # Session directories are named /tmp/.lxck.<shell pid>.<random>. A shell that ended without the
@@ -188,7 +197,7 @@ def frame_cell(
     """The one line that runs a cell.
 
     ``source`` is inlined as a printf format; or, with ``script_path``, the cell is sourced from that
-    file (written by :func:`script_file`). ``err_token`` routes stderr to the FIFO on fd 29 with its own
+    file (written by :func:`script_file`). ``err_token`` routes stderr to the FIFO on fd 28 with its own
     markers; None merges stderr into the terminal. ``stdin`` is ``null`` (end-of-file, so ``read`` or
     ``cat`` can neither hang nor swallow the kernel's next line), ``tty`` (a read-only open of the
     terminal, for interactive input) or ``inherit`` (the shell's own fd 0, where /dev/tty won't open).
@@ -203,9 +212,8 @@ def frame_cell(
     if err_token is not None:
         c, d = split_token(err_token)
         err = f" {c} {d}"
-        redirs += f" 2>&{ERR_FD} {ERR_FD}>&-"
-    else:
-        redirs += f" {ERR_FD}>&-"
+        redirs += f" 2>&{ERR_FD}"
+    redirs += f" {ERR_FD}>&- {HOLD_FD}>&-"
     return (
         f"\\__lxck_pre {a} {b}{err} 2>/dev/null; {body}{redirs};"
         f" {{ \\__lxck_post \"$?\" {a} {b}{err};}} 2>/dev/null\n"
@@ -219,12 +227,12 @@ def script_file(source: str) -> bytes:
 
 
 def frame_query(source: str, token: str) -> bytes:
-    """A hidden helper command (completion, inspection): stdin /dev/null, stderr discarded, no fd 29."""
+    """A hidden helper command (completion, inspection): stdin /dev/null, stderr discarded, no fd 28/29."""
     a, b = split_token(token)
     body = f"{{ {source}\n}}"
     return (
         f"\\__lxck_pre {a} {b} 2>/dev/null; \\command \\eval \"$(\\command \\printf '{printf_format(body)}')\""
-        f" 0</dev/null 2>/dev/null {ERR_FD}>&-; {{ \\__lxck_post \"$?\" {a} {b};}} 2>/dev/null\n"
+        f" 0</dev/null 2>/dev/null {ERR_FD}>&- {HOLD_FD}>&-; {{ \\__lxck_post \"$?\" {a} {b};}} 2>/dev/null\n"
     ).encode()
 
 

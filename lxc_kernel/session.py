@@ -34,10 +34,10 @@ from .protocol import (
     ShellScript,
     frame_cell,
     frame_query,
+    frame_remake_dir,
     frame_sync,
     inline_length,
     new_token,
-    remake_dir_command,
     script_file,
     valid_session_dir,
 )
@@ -476,7 +476,7 @@ class ShellSession:
         assert self.info is not None
         token = new_token()
         try:
-            out = self._exchange(frame_query(remake_dir_command(), token), token, time.monotonic() + 5.0)
+            out = self._exchange(frame_remake_dir(token), token, time.monotonic() + 5.0)
         except (ShellTimeout, OutputTooLarge):
             out = b""
         new_dir = out.decode("utf-8", "replace").strip()

@@ -21,7 +21,7 @@ import termios
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 import psutil
 from ptyprocess import PtyProcess
@@ -217,7 +217,8 @@ class LocalTransport(Transport):
 
     def __init__(self, shell: Sequence[str] | None = None, *, home: str | None = None,
                  host_pids: bool = True) -> None:
-        self.shell = list(shell) if shell else [shutil.which("bash") or "/bin/sh", "--noprofile", "--norc", "--noediting"]
+        bash = shutil.which("bash")
+        self.shell = list(shell) if shell else ([bash, "--noprofile", "--norc", "--noediting"] if bash else ["/bin/sh"])
         self.home = home or os.environ.get("HOME") or "/"
         # host_pids=False makes input detection run "inside", as it must over ssh: for tests.
         self.capabilities = Capabilities(host_pids=host_pids)
@@ -270,9 +271,3 @@ def wait_gone(processes: Sequence[psutil.Process], timeout: float) -> None:
         psutil.wait_procs(list(processes), timeout=timeout)
     except psutil.Error:
         pass
-
-
-__all__: list[Any] = [
-    "Capabilities", "LocalTransport", "PipeResult", "PtyChannel", "Transport", "child_pid", "kill_tree",
-    "process_tree", "wait_gone",
-]

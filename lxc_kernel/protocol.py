@@ -88,6 +88,19 @@ def printf_format(source: str) -> str:
     return "".join([_ENCODE[b] for b in source.encode("utf-8", "surrogateescape")])
 
 
+# $'...' escapes: printable ASCII stays, except ' and \\ (quote syntax) and ! (history expansion).
+_ANSI = [chr(b) if b in _SAFE or b == ord("%") else f"\\{b:03o}" for b in range(256)]
+
+
+def ansi_c_quote(source: str) -> str | None:
+    """``source`` as ``$'...'`` that reproduces its bytes exactly, or None if it holds a NUL byte
+    (which would end the string there)."""
+    data = source.encode("utf-8", "surrogateescape")
+    if b"\0" in data:
+        return None
+    return "$'" + "".join([_ANSI[b] for b in data]) + "'"
+
+
 def valid_session_dir(path: str) -> bool:
     return bool(_SESSION_DIR_RE.fullmatch(path))
 
@@ -156,7 +169,11 @@ class ShellScript:
             " bind 'set enable-bracketed-paste off' 2>/dev/null;"
             + _FUNCTIONS
             + f" __lxck_pre {a} {b}; command printf '%s\\n%s\\n' \"${{BASH_VERSION:-}}\" \"$$\";"
-            " if { : </dev/tty; } 2>/dev/null; then echo tty; else echo notty; fi;"
+            # Capabilities, one line: /dev/tty opens (interactive cells read it), $'...' quoting works
+            # (cells then need no command substitution: one fork less per cell).
+            " if { : </dev/tty; } 2>/dev/null; then __lxck_c=tty; else __lxck_c=notty; fi;"
+            " [ \"$(command printf '%s' $'\\141')\" = a ] 2>/dev/null && __lxck_c=\"$__lxck_c ansi\";"
+            " command printf '%s\\n' \"$__lxck_c\"; unset __lxck_c;"
             f" {_MAKE_DIR}; __lxck_post 0 {a} {b};"
             # Line editing off, in vi mode, last and outside eval. bash re-reads its input from stdin
             # when a cell turns editing off *inside* an eval: the rest of the typed line, the end
@@ -193,6 +210,7 @@ def frame_cell(
     err_token: str | None = None,
     script_path: str | None = None,
     stdin: str = "null",
+    ansi: bool = False,
 ) -> bytes:
     """The one line that runs a cell.
 
@@ -201,10 +219,13 @@ def frame_cell(
     markers; None merges stderr into the terminal. ``stdin`` is ``null`` (end-of-file, so ``read`` or
     ``cat`` can neither hang nor swallow the kernel's next line), ``tty`` (a read-only open of the
     terminal, for interactive input) or ``inherit`` (the shell's own fd 0, where /dev/tty won't open).
+    ``ansi`` inlines the cell as ``$'...'`` instead of ``$(printf ...)``: the same bytes without a fork.
     """
     a, b = split_token(token)
     if script_path is not None:
         body = f"\\command \\. '{_checked_path(script_path, 'script path')}'"
+    elif ansi and (quoted := ansi_c_quote(source or "")) is not None:
+        body = f"\\command \\eval \"$__lxck_x\"{quoted}"
     else:
         body = f"\\command \\eval \"$__lxck_x$(\\command \\printf '{printf_format(source or '')}')\""
     redirs = {"null": " 0</dev/null", "tty": " 0</dev/tty", "inherit": ""}[stdin]
@@ -342,6 +363,7 @@ class Handshake:
     pid: int
     session_dir: str  # empty when /tmp was unusable: then no uploads and no separate stderr
     tty: bool = True  # /dev/tty opens, so interactive cells can read it (see frame_cell)
+    ansi: bool = False  # the shell reads $'...' (bash, busybox ash; not dash)
 
     @property
     def shell(self) -> str:
@@ -349,11 +371,13 @@ class Handshake:
 
     @classmethod
     def parse(cls, output: bytes) -> Handshake:
-        """``BASH_VERSION`` (may be empty), ``$$``, ``tty``/``notty``, the session dir (may be missing)."""
+        """``BASH_VERSION`` (may be empty), ``$$``, capabilities (``tty``/``notty``, ``ansi``), the
+        session dir (may be missing)."""
         lines = output.decode("utf-8", "replace").replace("\r", "").split("\n")
-        if len(lines) < 3 or not lines[1].isdigit() or lines[2] not in ("tty", "notty"):
+        caps = set(lines[2].split()) if len(lines) > 2 else set()
+        if len(lines) < 3 or not lines[1].isdigit() or not caps & {"tty", "notty"}:
             raise ValueError(f"unexpected handshake reply {output[:200]!r}")
         session_dir = lines[3] if len(lines) > 3 else ""
         if session_dir and not valid_session_dir(session_dir):
             raise ValueError(f"unexpected session directory in the handshake {session_dir[:200]!r}")
-        return cls(lines[0], int(lines[1]), session_dir, lines[2] == "tty")
+        return cls(lines[0], int(lines[1]), session_dir, "tty" in caps, "ansi" in caps)

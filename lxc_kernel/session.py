@@ -322,7 +322,7 @@ class ShellSession:
             path = self._upload_cell(source)
             line = frame_cell(None, token, err_token=err_token, script_path=path, stdin=mode)
         else:
-            line = frame_cell(source, token, err_token=err_token, stdin=mode)
+            line = frame_cell(source, token, err_token=err_token, stdin=mode, ansi=info.ansi)
         timing = Timing(
             timeout=timeout,
             health_interval=self.health_interval,

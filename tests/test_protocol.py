@@ -12,6 +12,7 @@ from lxc_kernel.protocol import (
     CellParser,
     Handshake,
     ShellScript,
+    ansi_c_quote,
     frame_cell,
     frame_query,
     frame_sync,
@@ -164,6 +165,19 @@ def test_handshake_parse() -> None:
     info = Handshake.parse(b"5.2.15(1)-release\n42\ntty\n/tmp/.lxck.42.AbC123\n")
     assert info == Handshake("5.2.15(1)-release", 42, "/tmp/.lxck.42.AbC123", True) and info.shell.startswith("bash")
     assert Handshake.parse(b"\n7\nnotty\n/tmp/.lxck.7.xyzw12\n").shell == "sh"
-    assert Handshake.parse(b"\n7\ntty\n\n").session_dir == ""  # /tmp unusable: no session directory
+    assert Handshake.parse(b"\n7\ntty\n\n").session_dir == ""
+    assert Handshake.parse(b"\n7\ntty ansi\n\n").ansi  # /tmp unusable: no session directory
     with pytest.raises(ValueError):
         Handshake.parse(b"\n7\ntty\n/tmp/../etc\n")
+
+
+def test_ansi_c_quote_round_trips_and_refuses_nul() -> None:
+    source = "echo 'q' \"d\" \\ % ! \t tab\nnew ü € \x01 end"
+    quoted = ansi_c_quote(source)
+    assert quoted is not None and quoted.startswith("$'") and quoted.endswith("'")
+    assert all(32 <= ord(ch) < 127 for ch in quoted) and "!" not in quoted and "\\047" in quoted
+    body = quoted[2:-1]
+    assert re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), body.encode()) == source.encode()
+    assert ansi_c_quote("a\0b") is None
+    assert b"$(" not in frame_cell("true", TOKEN, ansi=True)
+    assert b"$(" in frame_cell("a\0b", TOKEN, ansi=True)  # NUL: the printf path

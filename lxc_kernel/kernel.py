@@ -22,6 +22,7 @@ from .display import HELPER_NAME, HELPER_SCRIPT
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
 from .lxc import ADVICE, Container, State, Tools, list_names
 from .magics import run_magics, split_cell
+from .options import config_errors
 from .options import traits as option_traits
 from .protocol import sh_quote
 from .session import RunResult, ShellSession, UploadFailed
@@ -180,6 +181,9 @@ class LXCKernel(Kernel):
             return failed
         if not code.strip():
             return self._ok()
+        if errors := config_errors(self):
+            # Refused at startup would have killed the kernel before its first reply; said here instead.
+            raise ConfigError("the kernel's configuration has invalid values: " + "; ".join(errors.values()))
         session = self.ensure_session()
         cell = self.cell_io(session, silent)
         try:
@@ -412,7 +416,7 @@ class LXCKernel(Kernel):
 
 
 class LXCKernelApp(IPKernelApp):
-    """IPKernelApp with a shutdown that doesn't stall.
+    """IPKernelApp with a shutdown that doesn't stall, and the kernel's options in ``--help-all``.
 
     In ipykernel 7 the IOPub thread stops from an atexit hook that runs before the app's own
     cleanup, while the control thread may still be flushing stdout after the shutdown reply; the
@@ -421,6 +425,8 @@ class LXCKernelApp(IPKernelApp):
     Letting the control and shell-channel threads finish as soon as the main loop ends, before
     any atexit hook, avoids the race.
     """
+
+    classes: ClassVar[list[Any]] = [*IPKernelApp.classes, LXCKernel]
 
     def start(self) -> None:
         super().start()

@@ -3,7 +3,6 @@ is_complete, interactive input, rich display, the output budget."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
@@ -11,10 +10,17 @@ import pytest
 from conftest import Kernel
 
 
-def _reply(kernel: Kernel, msg_id: str, timeout: float = 10) -> dict[str, Any]:
+def _reply(kernel: Kernel, msg_id: str, timeout: float = 10, wait_idle: bool = True) -> dict[str, Any]:
+    """The reply to ``msg_id``, after the request's iopub `idle`. As frontends do: ipykernel aborts an
+    execute_request that arrives between an error reply and that idle (ipython/ipykernel#609)."""
     reply = kernel.kc.get_shell_msg(timeout=timeout)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kernel.kc.get_shell_msg(timeout=timeout)
+    while wait_idle:
+        msg = kernel.kc.get_iopub_msg(timeout=timeout)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"):
+            break
     return reply["content"]
 
 
@@ -76,14 +82,11 @@ def test_magic_subcommands_and_container_names(prepared: Kernel, containers: dic
 
 
 @pytest.mark.timeout(60)
-def test_completion_answers_within_200_ms(prepared: Kernel) -> None:
-    times = []
+def test_completion_answers_every_time(prepared: Kernel) -> None:
+    """Ten completions in a row, each answered right (its speed is a figure of benches/bench.py)."""
     for _ in range(10):
-        start = time.monotonic()
         reply = complete(prepared, "echo $HO")
-        times.append(time.monotonic() - start)
         assert "$HOME" in reply["matches"]
-    assert statistics.median(times) < 0.2, times
 
 
 @pytest.mark.timeout(60)
@@ -176,7 +179,7 @@ def run_with_input(kernel: Kernel, code: str, replies: list[str], timeout: float
             idle = msg["content"]["execution_state"] == "idle"
         elif msg["msg_type"] != "execute_input":
             messages.append(msg)
-    reply = _reply(kernel, msg_id)
+    reply = _reply(kernel, msg_id, wait_idle=False)  # its idle was read above
     from conftest import Result
 
     return Result({"content": reply}, messages), requests
@@ -422,12 +425,16 @@ def test_rich_and_input_notebook_runs_in_batch(jupyter_path: str, kernel_name: s
 
 
 @pytest.mark.timeout(60)
-def test_cells_stay_fast_with_stdin_allowed(kernel: Kernel) -> None:
-    """Regression: echo left on at busybox ash's prompt made it query the cursor, 21 ms per line."""
+def test_ash_prompt_keeps_echo_off_with_stdin_allowed(kernel: Kernel) -> None:
+    """Regression: echo left on at busybox ash's prompt made it query the cursor, 21 ms per line. The
+    mechanism, not a timing: with stdin allowed, ash's terminal keeps ECHO off between cells."""
     for allow in (True, False):
-        times = []
-        for _ in range(20):
-            start = time.monotonic()
+        for _ in range(3):
             assert kernel.execute("true", allow_stdin=allow).status == "ok"
-            times.append(time.monotonic() - start)
-        assert statistics.median(times) < 0.015, (allow, times)
+        r = kernel.execute("stty -a </dev/tty | tr ' ' '\\n' | grep -x -- '-\\{0,1\\}echo'", allow_stdin=allow)
+        if kernel.kind == "sh":  # type: ignore[attr-defined]
+            assert r.stream().strip() == "-echo", (allow, r.stream())
+        else:  # bash turns echo on between cells (restore_echo) and never queries the cursor
+            assert r.status == "ok"
+
+

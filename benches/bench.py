@@ -334,10 +334,12 @@ def floor_seq_pty(container: str, reps: int, command: list[str]) -> dict[str, An
     }
 
 
-def profile_raw_shell(container: str, reps: int, command: str = "true") -> dict[str, Any]:
-    """A bare bash under a PTY via lxc-attach: the floor of one typed command and its answer."""
+def profile_raw_shell(container: str, reps: int, command: str = "true", editing: bool = True) -> dict[str, Any]:
+    """A bare bash under a PTY via lxc-attach: the floor of one typed command and its answer. The kernel's
+    bash runs with ``--noediting`` (``editing=False``); readline alone costs a few tenths of a ms a line."""
     proc = _spawn_pty(
-        ["lxc-attach", "-n", container, "--clear-env", "-v", "TERM=dumb", "--", "bash", "--noprofile", "--norc"]
+        ["lxc-attach", "-n", container, "--clear-env", "-v", "TERM=dumb", "--", "bash", "--noprofile", "--norc",
+         *([] if editing else ["--noediting"])]
     )
     buf = bytearray()
 
@@ -384,20 +386,27 @@ def profile_raw_shell(container: str, reps: int, command: str = "true") -> dict[
         _end_pty(proc)
 
 
-def profile_session(container: str, reps: int, separate_stderr: bool, seq: bool = False) -> dict[str, Any]:
-    """The kernel's own ShellSession driven in-process (no Jupyter): its cost per ``true`` cell."""
+def profile_session(
+    container: str, reps: int, separate_stderr: bool, seq: bool = False, ansi: bool = True
+) -> dict[str, Any]:
+    """The kernel's own ShellSession driven in-process (no Jupyter): its cost per ``true`` cell.
+    ``ansi=False`` forces the ``$(printf ...)`` framing (one command-substitution fork per cell)."""
     try:
-        from lxc_kernel.attach import AttachOptions
+        import dataclasses
+
+        from lxc_kernel.attach import AttachOptions, LxcAttachTransport
         from lxc_kernel.session import ShellSession
     except Exception as exc:
         return {"error": f"cannot import lxc_kernel internals: {exc}"}
     session = None
     try:
         options = AttachOptions(container)
-        session = ShellSession(options.argv, options.shell_command(), setup=["cd"], separate_stderr=separate_stderr)
+        session = ShellSession(LxcAttachTransport(options), setup=["cd"], separate_stderr=separate_stderr)
         t0 = time.perf_counter()
         session.start(timeout=15)
         start = time.perf_counter() - t0
+        if not ansi and session.info is not None:
+            session.info = dataclasses.replace(session.info, ansi=False)
         if seq:  # the 15 MB cell without Jupyter: the kernel's own read/parse/coalesce cost
             got = [0, 0]
 
@@ -417,8 +426,8 @@ def profile_session(container: str, reps: int, separate_stderr: bool, seq: bool 
             times.append(time.perf_counter() - t0)
             if result.status != 0:
                 return {"error": f"`true` returned {result}", **summary(times)}
-        proc = getattr(session, "_proc", None)
-        onlcr = outer_onlcr(proc.fd) if proc is not None else None
+        chan = getattr(session, "_chan", None)
+        onlcr = outer_onlcr(chan.fileno()) if chan is not None else None
         return {"start": rnd(start), "host_side_onlcr_after_start": onlcr, **summary(times)}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -615,6 +624,58 @@ def roundtrips(client: Client, code: str, reps: int, warmup: int = 3) -> dict[st
     return out
 
 
+def completions(client: Client, code: str, reps: int) -> dict[str, Any]:
+    """complete_request round trips (the issue's target: an answer within 200 ms)."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        msg_id = client.kc.complete(code, len(code))
+        while True:
+            msg = client.kc.get_shell_msg(timeout=10)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                break
+        times.append(time.perf_counter() - t0)
+    return summary(times)
+
+
+def breakdown(result: dict[str, Any]) -> dict[str, Any]:
+    """Where a `true` cell's time goes, from the medians of this run (ms): Jupyter and ipykernel (the
+    empty cell, which never reaches the shell), the shell's own round trip through lxc-attach's PTY (a
+    bare bash), and what the kernel's framing and session add on top (in-process session minus bare bash:
+    the markers, the stderr end marker's extra hop, the select loop), plus the fork that `$'...'` spared."""
+    def sub(a: float | None, b: float | None) -> float | None:
+        return round(a - b, 3) if a is not None and b is not None else None
+
+    def med(*path: str) -> float | None:
+        node: Any = result
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return round(node * 1000, 3) if isinstance(node, (int, float)) else None
+
+    true_reply = med("kernel", "true", "reply", "median")
+    empty = med("kernel", "empty_cell", "reply", "median")
+    raw = med("profile", "raw_bash_noediting_pty_true", "median")
+    readline = sub(med("profile", "raw_bash_pty_true", "median"), raw)
+    sess = med("profile", "session_true_separate_stderr", "median")
+    merged = med("profile", "session_true_merged_stderr", "median")
+    fork = med("profile", "session_true_printf_fork", "median")
+    py = med("reference", "pass", "reply", "median")
+
+    return {
+        "true_reply_ms": true_reply,
+        "python3_pass_ms": py,
+        "true_minus_python3_pass_ms": sub(true_reply, py),
+        "jupyter_and_ipykernel_ms (empty cell)": empty,
+        "shell_round_trip_bare_bash_pty_ms (--noediting, as the kernel runs it)": raw,
+        "readline_ms (bare bash with line editing - without)": readline,
+        "session_true_ms (in-process, separate stderr)": sess,
+        "framing_and_session_over_bare_bash_ms": sub(sess, raw),
+        "stderr_channel_hop_ms (separate - merged)": sub(sess, merged),
+        "command_substitution_fork_ms (printf framing - $'...')": sub(fork, sess),
+        "kernel_glue_ms (reply - empty cell - session)": sub(sub(true_reply, empty), sess),
+    }
+
+
 def bench_reference(kernel: str, reps: int) -> dict[str, Any]:
     client = Client(kernel, [])
     try:
@@ -686,6 +747,7 @@ def bench_kernel(args: argparse.Namespace, reps: dict[str, int], result: dict[st
         log(f"kernel: {reps['true']} x true")
         k["true"] = roundtrips(client, "true", reps["true"])
         k["empty_cell"] = roundtrips(client, " ", reps["true"])
+        k["complete"] = completions(client, "echo $HO", reps["true"] // 4 or 5)
 
         # 3. seq 1 2000000, with RSS sampling
         log("kernel: seq 1 2000000")
@@ -964,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
         with section(result, "profile"):
             result["profile"] = {
                 "raw_bash_pty_true": profile_raw_shell(args.container, reps["raw_shell"]),
+                "raw_bash_noediting_pty_true": profile_raw_shell(args.container, reps["raw_shell"], editing=False),
                 # The kernel's framing runs the cell through `command eval "$(printf ...)"`: one fork more.
                 "raw_bash_pty_eval_printf_true": profile_raw_shell(
                     args.container, reps["raw_shell"], "command eval \"$(printf 'true')\" </dev/null"
@@ -971,7 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
                 "session_seq_15mb": profile_session(args.container, 1, True, seq=True),
                 "session_true_separate_stderr": profile_session(args.container, reps["raw_shell"], True),
                 "session_true_merged_stderr": profile_session(args.container, reps["raw_shell"], False),
+                "session_true_printf_fork": profile_session(args.container, reps["raw_shell"], True, ansi=False),
             }
+            result["breakdown_true"] = breakdown(result)
 
     k = result.get("kernel", {})
     pty = floors.get("seq_raw_pty", {}).get("median")

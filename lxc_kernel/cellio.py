@@ -35,6 +35,12 @@ EmitDisplay = Callable[[str, dict[str, Any]], None]  # (msg_type, content)
 # cost 27 s and 297 MB for 80 MB of output (the hold-back was re-joined on every read: quadratic).
 PROMPT_LIMIT = 4096
 
+# After a reply is typed, the same reader is not asked again until its read count moves (host /proc),
+# or, where that can't be seen, for this long.
+REPLY_TRANSIT = 1.0
+# Idle polls that wait for a prompt's text before asking with an empty prompt (150 ms apart).
+EMPTY_PROMPT_POLLS = 2
+
 # What an echoed resync line looks like, should echo have been on when ^C arrived (bash restores its
 # saved terminal state after a job dies of SIGINT, and that state may have echo on).
 _SYNC_ECHO_RE = re.compile(r"(?:\^C)*__lxck_pre [0-9a-f]+ [0-9a-f]+[^\n]*(?:\n|$)|\^C(?=\n|$)")
@@ -102,6 +108,8 @@ class CellIO(RunHooks):
         self._echo = ""  # the typed reply whose echo is still expected on stdout
         self._interrupting = False
         self._shell_read_interrupted = False
+        self._answered: tuple[int, int | None, float] | None = None  # (pid, read count, when) of the last reply
+        self._empty_polls = 0
 
     @property
     def _bash(self) -> bool:
@@ -216,9 +224,26 @@ class CellIO(RunHooks):
     def idle(self) -> None:
         waiter = self.session.find_waiter()
         if waiter is None:
+            self._empty_polls = 0
             self._flush_pending()
             return
-        prompt = self._pending.pop(self._last_stream, "")
+        if self._answered is not None and self._answered[0] == waiter.pid:
+            # The reply typed last time may still be on its way through the attach client: the reader is
+            # the same process, still in the same read. Don't ask twice (seen under 30 kernels).
+            _, reads, at = self._answered
+            if waiter.reads is not None and reads is not None:
+                if waiter.reads == reads:
+                    return
+            elif time.monotonic() - at < REPLY_TRANSIT:
+                return
+        prompt = self._pending.get(self._last_stream, "")
+        if not prompt and self._empty_polls < EMPTY_PROMPT_POLLS and self.ask is not None:
+            # bash's `read -p` writes its prompt to stderr, which travels on its own channel and can lag
+            # the terminal under load: give it a moment rather than ask with an empty prompt.
+            self._empty_polls += 1
+            return
+        self._empty_polls = 0
+        self._pending.pop(self._last_stream, None)
         self._flush_pending()
         if self.ask is None:
             self.waiting = (waiter, prompt)
@@ -235,6 +260,7 @@ class CellIO(RunHooks):
             return
         self.inputs += 1
         self._echo = reply + "\n" if waiter.echo else ""
+        self._answered = (waiter.pid, waiter.reads, time.monotonic())
         self.session.send_input(reply.encode("utf-8", "replace") + b"\n")
 
     def waiting_message(self) -> str:

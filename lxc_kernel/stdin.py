@@ -45,6 +45,7 @@ class Waiter:
     command: str  # its command line, for messages
     fd: int  # the terminal fd it reads
     lflag: int | None  # the terminal's local modes, None if they could not be read
+    reads: int | None = None  # its read system calls so far (/proc/PID/io syscr): moves once a reply is read
 
     @property
     def echo(self) -> bool:
@@ -274,7 +275,19 @@ def find_waiter(shell_pid: int) -> Waiter | None:
                 lflag = terminal_lflag(owner, fd)
                 if lflag is not None:
                     break
-        return Waiter(pid, command_line(pid), fds[0], lflag)
+        return Waiter(pid, command_line(pid), fds[0], lflag, read_count(pid))
+    return None
+
+
+def read_count(pid: int) -> int | None:
+    """``syscr`` of /proc/PID/io: how many read system calls the process has made."""
+    raw = read_capped(f"/proc/{pid}/io", 4096)
+    for line in (raw or b"").decode("ascii", "replace").splitlines():
+        if line.startswith("syscr:"):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
     return None
 
 
@@ -327,6 +340,7 @@ for d in /proc/[0-9]*; do
   done
   ls -l "$d/fd/" 2>/dev/null | sed -n "s|.* \([0-9][0-9]*\) -> \(.*\)|L $p \1 \2|p"
   echo "T $p $(stty -g < "$d/fd/0" 2>/dev/null)"
+  while read -r k v; do [ "$k" = syscr: ] && echo "I $p $v"; done < "$d/io" 2>/dev/null
 done
 """
 _SELECT_LIKE = {"select", "pselect6"}
@@ -354,6 +368,7 @@ def waiter_from_report(report: str, shell_pid: int) -> Waiter | None:
     flags: dict[tuple[int, int], int] = {}
     links: dict[tuple[int, int], str] = {}
     modes: dict[int, int] = {}
+    reads: dict[int, int] = {}
     for line in report.splitlines():
         kind, _, rest = line.partition(" ")
         head, _, tail = rest.partition(" ")
@@ -376,6 +391,8 @@ def waiter_from_report(report: str, shell_pid: int) -> Waiter | None:
                 links[(pid, int(fd))] = target
             elif kind == "T" and tail.strip():
                 modes[pid] = int(tail.strip().split(":")[3], 16)
+            elif kind == "I":
+                reads[pid] = int(tail.strip())
         except (ValueError, IndexError):
             continue
     children: dict[int, list[int]] = {}
@@ -403,5 +420,5 @@ def waiter_from_report(report: str, shell_pid: int) -> Waiter | None:
         if pid == shell_pid:
             fds = [fd for fd in fds if flags.get((pid, fd), 0) & 0o3 != os.O_RDWR]
         if fds:
-            return Waiter(pid, procs[pid][4], fds[0], modes.get(pid))
+            return Waiter(pid, procs[pid][4], fds[0], modes.get(pid), reads.get(pid))
     return None

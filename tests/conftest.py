@@ -25,12 +25,22 @@ BASH = os.environ.get("LXCK_TEST_BASH", "lxck-test-bash")
 CONTAINERS = {"sh": SH, "bash": BASH}
 
 
+_ENSURED = False
+
+
+def ensure_test_containers() -> dict[str, str]:
+    """The busybox and bash containers the project's setup script creates (idempotent, once per run)."""
+    global _ENSURED
+    if not _ENSURED:
+        ensure_container(SH, "busybox")
+        ensure_container(BASH, "hostfs")
+        _ENSURED = True
+    return dict(CONTAINERS)
+
+
 @pytest.fixture(scope="session")
 def containers() -> dict[str, str]:
-    """The busybox and bash containers the project's setup script creates (idempotent here too)."""
-    ensure_container(SH, "busybox")
-    ensure_container(BASH, "hostfs")
-    return dict(CONTAINERS)
+    return ensure_test_containers()
 
 
 _SPECS_DIR: str | None = None

@@ -1,12 +1,14 @@
-"""The session core on the `local` transport: a real shell under a real PTY on this host, no LXC, no root.
+"""The session core's behaviour suite, run on every transport: `local` (a real shell under a real PTY on
+this host: no LXC, no root) and `lxc-attach` into the busybox and bash test containers.
 
-The same session, cell machine, interrupt/resync, stderr channel and input detection as in a container;
-bash and busybox ash both. A contributor without LXC runs these in seconds; the real-container tests
-cover the same items through lxc-attach and the kernel.
+The same session, cell machine, interrupt/resync, stderr channel and input detection everywhere; a
+transport either passes or the test says why not. Without LXC (or not as root) only the local ones run,
+in seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -15,16 +17,35 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from lxc_kernel.attach import AttachOptions, LxcAttachTransport
 from lxc_kernel.session import RunHooks, ShellSession
-from lxc_kernel.transport import LocalTransport
+from lxc_kernel.transport import LocalTransport, Transport
 
 SHELLS = {"bash": ["bash", "--noprofile", "--norc", "--noediting"], "ash": ["busybox", "sh"]}
+CONTAINERS = {"lxc-sh": os.environ.get("LXCK_TEST_SH", "lxck-test-sh"),
+              "lxc-bash": os.environ.get("LXCK_TEST_BASH", "lxck-test-bash")}
+LXC = os.geteuid() == 0 and shutil.which("lxc-attach") is not None
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=[p for p in SHELLS if shutil.which(SHELLS[p][0])])
+def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
+    if kind in SHELLS:
+        return LocalTransport(SHELLS[kind], **({} if host_pids is None else {"host_pids": host_pids}))
+    from conftest import ensure_test_containers
+
+    ensure_test_containers()
+    transport = LxcAttachTransport(AttachOptions(CONTAINERS[kind]))
+    if host_pids is not None:
+        transport.capabilities = dataclasses.replace(transport.capabilities, host_pids=host_pids)
+    return transport
+
+
+KINDS = [k for k in SHELLS if shutil.which(SHELLS[k][0])] + (list(CONTAINERS) if LXC else [])
+
+
+@pytest.fixture(params=KINDS)
 def session(request: pytest.FixtureRequest) -> Iterator[ShellSession]:
-    s = ShellSession(LocalTransport(SHELLS[request.param]), setup=["cd /"])
+    s = ShellSession(make_transport(request.param), setup=["cd /"])
     s.start()
     yield s
     s.close()
@@ -122,7 +143,8 @@ def test_session_dir_removed_is_made_again(session: ShellSession) -> None:
     old = session.info.session_dir  # type: ignore[union-attr]
     status, _, _, result = run(session, f"rm -rf {old}")
     assert status == 0 and "d" in result.repairs  # type: ignore[attr-defined]
-    assert session.info.session_dir != old and os.path.isdir(session.info.session_dir)  # type: ignore[union-attr]
+    new = session.info.session_dir  # type: ignore[union-attr]
+    assert new != old and run(session, f"[ -d {new} ] && [ -p {new}/err ] && echo there")[1] == "there\n"
     status, out, err, _ = run(session, "echo ok; echo err >&2")
     assert (status, out, err) == (0, "ok\n", "err\n")
     big = "echo " + "x" * 5000 + " | wc -c"
@@ -151,8 +173,10 @@ class Prompts(RunHooks):
 
 
 @pytest.mark.parametrize("host_pids", [True, False], ids=["host-proc", "inside-probe"])
-def test_input_detection_host_and_inside(host_pids: bool) -> None:
-    s = ShellSession(LocalTransport(SHELLS["bash"], host_pids=host_pids))
+@pytest.mark.parametrize("kind", KINDS)
+def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
+    """Where the host cannot see the shell (ssh, sudo), the same detection runs inside the container."""
+    s = ShellSession(make_transport(kind, host_pids))
     s.start()
     try:
         hooks = Prompts(s)
@@ -167,8 +191,9 @@ def test_input_detection_host_and_inside(host_pids: bool) -> None:
         s.close()
 
 
-def test_close_ends_every_process() -> None:
-    s = ShellSession(LocalTransport(SHELLS["bash"]))
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_ends_every_process(kind: str) -> None:
+    s = ShellSession(make_transport(kind))
     s.start()
     s.run("sleep 300 & sleep 301 &", lambda *_: None)
     tree = [p for pid in s.pids for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]

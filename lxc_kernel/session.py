@@ -577,15 +577,22 @@ class ShellSession:
         return self._last_status or 0, out.decode("utf-8", "replace")
 
     def _resync(self) -> None:
-        """^C flushes type-ahead input, so keep typing the sync line until it answers (LXC-FACTS)."""
+        """^C flushes type-ahead input, so keep typing the sync line until it answers (LXC-FACTS).
+
+        If it does not answer (a frozen container, a helper that ignores SIGINT) the session is kept:
+        a completion must not destroy the user's shell. The next cell's start marker drops whatever
+        the shell prints before it, and a shell that stays stuck is replaced by that cell's interrupt.
+        """
         assert self._chan is not None
         sync = new_token()
         try:
             self._chan.write(b"\x03")
             self._exchange(frame_sync(sync), sync, time.monotonic() + INTERRUPT_GRACE, retry=0.3)
-        except (ShellTimeout, OSError):
+        except ShellTimeout:
+            pass
+        except OSError:
             self.close()
-            raise ShellTimeout("the shell did not come back after ^C; it was closed") from None
+            raise ShellExited(None, "the shell went away while a helper command ran") from None
 
     # -- I/O helpers ----------------------------------------------------------------------------
     _last_status: int | None = None

@@ -201,3 +201,14 @@ def test_close_ends_every_process(kind: str) -> None:
     s.close()
     _, alive = psutil.wait_procs(tree, timeout=3)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -> None:
+    """A completion helper stuck past its deadline must not cost the user's shell and variables."""
+    from lxc_kernel.errors import ShellTimeout
+
+    run(session, "kept=yes")
+    with pytest.raises(ShellTimeout):
+        session.query("trap '' INT; sleep 3", timeout=0.3)
+    assert session.alive
+    assert run(session, "echo $kept")[1] == "yes\n"

@@ -47,6 +47,7 @@ MARK = b"<<lxck:"
 # so writers never block on open and the FIFO keeps its buffer while a reader is replaced).
 ERR_FD = 28
 HOLD_FD = 29
+SOURCE_FD = 27  # bash reads an inline cell from this fd's here-string
 
 # Printable ASCII that can sit inside a single-quoted printf format unchanged. Excluded: ' (ends the
 # quote), \\ and % (printf format syntax) and ! (bash history expansion when a user turns it back on).
@@ -121,11 +122,12 @@ _FUNCTIONS = (
     " __lxck_sx=$(command printf 'set -x\\nx'); __lxck_sx=${__lxck_sx%x};"
     " __lxck_pre() { case $- in *x*) command set +x; __lxck_x=$__lxck_sx;; *) __lxck_x=;; esac;"
     " command printf '<<lxck:%s%s:S>>' \"$1\" \"$2\";"
-    f" [ -z \"$3\" ] || command printf '<<lxck:%s%s:S>>' \"$3\" \"$4\" >&{ERR_FD}; }};"
-    f" __lxck_errok() {{ if [ -d /proc/self/fd ]; then [ -p /proc/self/fd/{ERR_FD} ];"
+    f" command [ -z \"$3\" ] || command printf '<<lxck:%s%s:S>>' \"$3\" \"$4\" >&{ERR_FD}; }};"
+    f" __lxck_errok() {{ if command [ -d /proc/self/fd ]; then command [ -p /proc/self/fd/{ERR_FD} ];"
     f" else {{ command : >&{ERR_FD}; }} 2>/dev/null; fi; }};"
-    " __lxck_post() { __lxck_f=; [ -d \"$__lxck_d\" ] || __lxck_f=d;"
-    f" if [ -n \"$4\" ]; then if __lxck_errok; then command printf '<<lxck:%s%s:E%s>>' \"$4\" \"$5\" \"$1\" >&{ERR_FD};"
+    " __lxck_post() { __lxck_f=; command [ -d \"$__lxck_d\" ] || __lxck_f=d;"
+    " if command [ -n \"$4\" ]; then if __lxck_errok;"
+    f" then command printf '<<lxck:%s%s:E%s>>' \"$4\" \"$5\" \"$1\" >&{ERR_FD};"
     " else __lxck_f=${__lxck_f}e; fi; fi;"
     " command printf '<<lxck:%s%s:E%s%s>>' \"$2\" \"$3\" \"$1\" \"${__lxck_f:+:$__lxck_f}\"; };"
 )
@@ -173,6 +175,10 @@ class ShellScript:
             # (cells then need no command substitution: one fork less per cell).
             " if { : </dev/tty; } 2>/dev/null; then __lxck_c=tty; else __lxck_c=notty; fi;"
             " [ \"$(command printf '%s' $'\\141')\" = a ] 2>/dev/null && __lxck_c=\"$__lxck_c ansi\";"
+            # bash: a cell can be sourced from a here-string (see frame_cell); ash has no `<<<`, and the
+            # eval keeps that syntax error away from this line.
+            f" command eval '\\command . /dev/fd/{SOURCE_FD} {SOURCE_FD}<<<:' 2>/dev/null &&"
+            " __lxck_c=\"$__lxck_c source\";"
             " command printf '%s\\n' \"$__lxck_c\"; unset __lxck_c;"
             f" {_MAKE_DIR}; __lxck_post 0 {a} {b};"
             # Line editing off, in vi mode, last and outside eval. bash re-reads its input from stdin
@@ -211,6 +217,7 @@ def frame_cell(
     script_path: str | None = None,
     stdin: str = "null",
     ansi: bool = False,
+    source_fd: bool = False,
 ) -> bytes:
     """The one line that runs a cell.
 
@@ -220,10 +227,16 @@ def frame_cell(
     ``cat`` can neither hang nor swallow the kernel's next line), ``tty`` (a read-only open of the
     terminal, for interactive input) or ``inherit`` (the shell's own fd 0, where /dev/tty won't open).
     ``ansi`` inlines the cell as ``$'...'`` instead of ``$(printf ...)``: the same bytes without a fork.
+    ``source_fd`` (bash) sources that text from a here-string instead of evaluating it: bash drops the rest
+    of the typed line, end marker included, when a cell switches line-editing mode (``set -o vi``,
+    ``set +o emacs``...) inside an ``eval``, but not inside ``.``, which runs non-interactively. Small
+    here-strings travel in a pipe (bash 5.1+): no file, no fork.
     """
     a, b = split_token(token)
     if script_path is not None:
         body = f"\\command \\. '{_checked_path(script_path, 'script path')}'"
+    elif source_fd and (quoted := ansi_c_quote(source or "")) is not None:
+        body = f"\\command \\. /dev/fd/{SOURCE_FD} {SOURCE_FD}<<<\"$__lxck_x\"{quoted}"
     elif ansi and (quoted := ansi_c_quote(source or "")) is not None:
         body = f"\\command \\eval \"$__lxck_x\"{quoted}"
     else:
@@ -364,6 +377,7 @@ class Handshake:
     session_dir: str  # empty when /tmp was unusable: then no uploads and no separate stderr
     tty: bool = True  # /dev/tty opens, so interactive cells can read it (see frame_cell)
     ansi: bool = False  # the shell reads $'...' (bash, busybox ash; not dash)
+    source: bool = False  # bash: a cell can be sourced from a here-string on /dev/fd (see frame_cell)
 
     @property
     def shell(self) -> str:
@@ -380,4 +394,4 @@ class Handshake:
         session_dir = lines[3] if len(lines) > 3 else ""
         if session_dir and not valid_session_dir(session_dir):
             raise ValueError(f"unexpected session directory in the handshake {session_dir[:200]!r}")
-        return cls(lines[0], int(lines[1]), session_dir, "tty" in caps, "ansi" in caps)
+        return cls(lines[0], int(lines[1]), session_dir, "tty" in caps, "ansi" in caps, "source" in caps)

@@ -116,6 +116,7 @@ class ShellSession:
         self._chan: PtyChannel | None = None
         self._reader: object | None = None  # subprocess.Popen of the stderr reader
         self._err_enabled = False
+        self._err_given_up = False  # the reader was killed again and again: stderr stays merged
         self._pidfd: int | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._interrupt = False
@@ -322,7 +323,7 @@ class ShellSession:
             path = self._upload_cell(source)
             line = frame_cell(None, token, err_token=err_token, script_path=path, stdin=mode)
         else:
-            line = frame_cell(source, token, err_token=err_token, stdin=mode, ansi=info.ansi)
+            line = frame_cell(source, token, err_token=err_token, stdin=mode, ansi=info.ansi, source_fd=info.source)
         timing = Timing(
             timeout=timeout,
             health_interval=self.health_interval,
@@ -445,6 +446,7 @@ class ShellSession:
 
     def _give_up_stderr(self) -> None:
         self._err_enabled = False
+        self._err_given_up = True
         self._end_reader()
         self.notices.append(
             "the stderr reader inside the container was killed again and again, so stderr is merged into "
@@ -488,7 +490,9 @@ class ShellSession:
             self.info = dataclasses.replace(self.info, session_dir="")
             return
         self.info = dataclasses.replace(self.info, session_dir=new_dir)
-        if self._err_enabled:
+        if self.separate_stderr and not self._err_given_up:
+            # Also after a directory that could not be made before (/tmp was full or read-only).
+            self._err_enabled = True
             self._spawn_reader()
         if self.on_new_dir is not None:
             self.on_new_dir(self)
@@ -497,6 +501,8 @@ class ShellSession:
     def _upload_cell(self, source: str) -> str:
         """Write a long cell into the session directory; UploadFailed leaves the shell as it was."""
         assert self.info is not None
+        if not self.info.session_dir:
+            self._repair("d")  # /tmp may be usable again since the directory was lost
         if not self.info.session_dir:
             raise UploadFailed("this cell is too long to type into the shell and the container's /tmp could "
                                "not hold a session directory, so it was not run. The shell is unchanged.")

@@ -16,7 +16,9 @@ How a cell travels: the kernel types ONE line into the interactive shell::
   the stderr token, which can only say where a cell's stderr starts and ends. (Before, fd 2 was the FIFO
   opened read-write: a background job read the whole token back from it and forged a cell's success.)
 * ``SRC`` is the cell as a printf format made of printable ASCII only (everything else as ``\\ooo``), so the
-  line discipline, readline and history expansion see no control characters, tabs or quotes.
+  line discipline, readline and history expansion see no control characters, tabs or quotes. Where the
+  shell reads ``$'...'`` the same escapes are inlined without the ``$(printf)`` fork, and bash sources
+  them from a here-string instead of ``eval`` (see :func:`frame_cell`).
   Cells too long for one line (busybox ash keeps 1024 bytes) are uploaded to a file and sourced.
 * Every word the kernel types is alias-proof (a leading backslash stops alias expansion) and function-proof
   (``command`` skips functions): a cell that ran ``alias cat='cat -n'`` or defined ``printf() {...}`` must

@@ -101,11 +101,16 @@ def _given(args: argparse.Namespace, option: Option) -> bool:
 def traits_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every option as the kernel would (the same validators), and map it to LXCKernel trait values.
 
-    Only the options given become traits: the kernelspec stays short, and the kernel's defaults apply.
+    Only the options given become traits: the kernelspec stays short, and the kernel's defaults apply,
+    except that ``--attach-user`` without ``--magics`` writes ``magics=safe``.
     """
     if not args.container and not args.ephemeral:
         raise ConfigError("--container is required (or --ephemeral BASE)")
     traits = {o.name: _flag_value(o, getattr(args, o.dest)) for o in OPTIONS if o.flag and _given(args, o)}
+    if "user" in traits and "magics" not in traits:
+        # A spec that attaches as an unprivileged user is meant to keep cells away from the host:
+        # under `all`, `%attach user root` or `%push /etc/shadow` would undo that in one line (issue 8).
+        traits["magics"] = "safe"
     # An ephemeral kernel names its base as the container too, so `%lxc` commands have a default before the copy.
     return {"container": traits.pop("container", None) or traits["ephemeral"], **traits}
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from . import transfer
+from . import policy, transfer
 from .attach import AttachOptions
 from .errors import ConfigError, LxcCommandError, LxcKernelError
 from .lxc import (
@@ -114,6 +114,8 @@ class Host(Protocol):
     cell_timeout: float
     output_limit: str
     ephemeral: str
+    magics: str
+    transfer_root: str
 
     @property
     def tools(self) -> Tools: ...
@@ -168,27 +170,81 @@ def known() -> str:
     return ", ".join(f"%{name}" for name in REGISTRY)
 
 
-def run_line(host: Host, line: str) -> None:
-    """Run one magic line (without its ``%``)."""
+@dataclass(frozen=True)
+class _Line:
+    entry: Magic
+    args: list[str]
+    help_only: bool
+
+
+def _prepare(host: Host, line: str) -> _Line:
+    """Parse one magic line and ask the magics policy about it; raises before anything runs."""
     try:
         argv = shlex.split(line)
     except ValueError as exc:
         raise UsageError(f"%{line.strip()}: {exc}") from None
     name, args = argv[0], argv[1:]
+    if host.magics != "all":
+        # Before the registry: under `none` even an unknown magic is refused for that reason.
+        reason = policy.refusal(host.magics, _policy_request(name, args), KINDS)
+        if reason is not None:
+            raise policy.refused(host.magics, line.strip(), reason)
     entry = REGISTRY.get(name)
     if entry is None:
         raise UnknownMagic(f"unknown magic %{name}. Known magics: {known()}. `%help MAGIC` explains one.")
+    return _Line(entry, args, _help_only(args))
+
+
+def _help_only(args: Sequence[str]) -> bool:
     before_dashdash = args[: args.index("--")] if "--" in args else args
-    if "--help" in before_dashdash or "-h" in before_dashdash:
-        host.emit_text(entry.doc + "\n")
+    return "--help" in before_dashdash or "-h" in before_dashdash
+
+
+def _policy_request(name: str, args: list[str]) -> policy.Request:
+    """What a line asks for, as the policy sees it: the %lxc subcommand, a create's template and the config
+    keys a line would write. A line that does not parse gets what can be read of it; its usage error
+    comes when it runs, if the policy lets it run at all."""
+    if _help_only(args):
+        return policy.Request(name, help_only=True)
+    if name != "lxc":
+        return policy.Request(name)
+    head, template_args = _split_template_args(args)
+    sub = head[0] if head and not head[0].startswith("-") else None
+    try:
+        ns = _lxc_parser().parse_args(head)
+    except UsageError:
+        return policy.Request(name, sub)
+    if ns.cmd == "create":
+        try:
+            entries = tuple(_create_config_entries(ns))
+        except ConfigError:
+            entries = ()
+        return policy.Request(name, sub, template=ns.template, template_args=bool(template_args), config=entries)
+    if ns.cmd == "config" and ns.action == "set":
+        return policy.Request(name, sub, config=((ns.key, ns.value or ""),))
+    return policy.Request(name, sub)
+
+
+def _run(host: Host, line: _Line) -> None:
+    if line.help_only:
+        host.emit_text(_help_text(host, line.entry) + "\n")
         return
-    entry.func(host, args)
+    line.entry.func(host, line.args)
+
+
+def run_line(host: Host, line: str) -> None:
+    """Run one magic line (without its ``%``), if the kernel's magics policy allows it."""
+    _run(host, _prepare(host, line))
 
 
 def run_magics(host: Host, lines: Sequence[str]) -> None:
-    """Run magic lines in order; the first failure raises and the rest (and the shell code) don't run."""
-    for line in lines:
-        run_line(host, line)
+    """Run magic lines in order; the first failure raises and the rest (and the shell code) don't run.
+
+    Every line is parsed and checked against the magics policy first: a refused line anywhere in the
+    cell means that no line of it runs, so a refusal changes nothing.
+    """
+    for line in [_prepare(host, line) for line in lines]:
+        _run(host, line)
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -368,11 +424,7 @@ def lxc_magic(host: Host, args: list[str]) -> None:
                                          tail of the container's LXC log; --level sets
                                          lxc.log.level (and a log file) for the next start
     """
-    # `-- TEMPLATE ARGS` is split off before argparse, which would take them for its own options.
-    template_args: list[str] = []
-    if "--" in args:
-        cut = args.index("--")
-        args, template_args = args[:cut], args[cut + 1 :]
+    args, template_args = _split_template_args(args)
     try:
         ns = _lxc_parser().parse_args(args)
     except UsageError as exc:
@@ -386,6 +438,14 @@ def lxc_magic(host: Host, args: list[str]) -> None:
         raise UsageError("`--` (template arguments) only goes with %lxc create")
     else:
         _LXC_COMMANDS[ns.cmd](host, ns)
+
+
+def _split_template_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """`-- TEMPLATE ARGS` is split off before argparse, which would take them for its own options."""
+    if "--" in args:
+        cut = args.index("--")
+        return args[:cut], args[cut + 1 :]
+    return args, []
 
 
 def _lxc_list(host: Host, ns: argparse.Namespace) -> None:
@@ -997,22 +1057,44 @@ def _container_path(host: Host, path: str) -> str:
     return os.path.join(base, path)
 
 
+def _max_size(p: MagicParser, text: str | None) -> int:
+    """``--max SIZE`` of %push and %pull: a positive size, 1 GiB when not given."""
+    from .budget import parse_size
+
+    if text is None:
+        return transfer.DEFAULT_MAX
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"{p.prog} --max: {exc}\n{p.format_usage().strip()}") from None
+    if size <= 0:
+        # A transfer always has a cap, however large: a pull's file is the container's to choose.
+        raise UsageError(f"{p.prog} --max: give a size such as 500k or 20G, not {text!r}")
+    return size
+
+
 @magic("push")
 def push_magic(host: Host, args: list[str]) -> None:
-    """%push HOST_PATH CONTAINER_PATH: copy a file from the kernel's host into the container.
+    """%push [--max SIZE] HOST_PATH CONTAINER_PATH: copy a file from the kernel's host into the container.
 
     Byte-exact for any file (binary, any size), through the attach channel, so it works for every
-    storage backend including overlay clones; the file is written as the attached user. A relative
-    CONTAINER_PATH is relative to the shell's working directory, a relative HOST_PATH to the kernel's.
-    CONTAINER_PATH must be a regular file or not exist yet. Reports the size and rate; the size is
-    checked on arrival.
+    storage backend including overlay clones; the file is written as the attached user. HOST_PATH must
+    be a regular file beneath the transfer root (by default the kernel's working directory, which is
+    the notebook's folder; relative paths start there): an absolute path elsewhere, `..` or a symlink
+    that leads out of it is refused. At most SIZE bytes are sent (default 1 GiB, as for %pull).
+    A relative CONTAINER_PATH is relative to the shell's working directory. CONTAINER_PATH must be a
+    regular file or not exist yet. Reports the size and rate; the size is checked on arrival.
     """
     p = MagicParser(prog="%push")
+    p.add_argument("--max", metavar="SIZE")
     p.add_argument("host_path")
     p.add_argument("container_path")
     ns = p.parse_args(args)
-    dest = _container_path(host, ns.container_path)
-    done = transfer.push(_launcher(host), os.path.expanduser(ns.host_path), dest)
+    max_bytes = _max_size(p, ns.max)
+    # The host side is opened (and refused) first, before the container is asked anything.
+    with transfer.HostRoot(host.transfer_root).source(ns.host_path, max_bytes) as source:
+        dest = _container_path(host, ns.container_path)
+        done = transfer.push(_launcher(host), source, dest)
     _say(host, done.describe("pushed"))
 
 
@@ -1023,29 +1105,20 @@ def pull_magic(host: Host, args: list[str]) -> None:
     Byte-exact, through the attach channel (any storage backend), read as the attached user. Only a
     regular file is pulled: a device, FIFO or directory is refused ("not a regular file"). At most
     SIZE bytes are written (default 1 GiB; 500k, 20M, 5G as in %output): a larger file is refused, not
-    cut. A failed pull leaves no partial file. Paths are resolved as for %push. Reports the size and rate.
+    cut. A failed pull leaves no partial file. HOST_PATH stays beneath the transfer root as for %push;
+    a directory there takes the file under its container name, and an existing file or symlink is
+    replaced, never written through. CONTAINER_PATH is resolved as for %push. Reports the size and rate.
     """
-    from .budget import parse_size
-
     p = MagicParser(prog="%pull")
     p.add_argument("--max", metavar="SIZE")
     p.add_argument("container_path")
     p.add_argument("host_path")
     ns = p.parse_args(args)
-    max_bytes = transfer.DEFAULT_MAX_PULL
-    if ns.max is not None:
-        try:
-            max_bytes = parse_size(ns.max)
-        except ValueError as exc:
-            raise UsageError(f"%pull --max: {exc}\n{p.format_usage().strip()}") from None
-        if max_bytes <= 0:
-            # The container decides what the file holds: a pull always has a cap, however large.
-            raise UsageError(f"%pull --max: give a size such as 500k or 20G, not {ns.max!r}")
-    src = _container_path(host, ns.container_path)
-    dest = os.path.expanduser(ns.host_path)
-    if os.path.isdir(dest):
-        dest = os.path.join(dest, os.path.basename(src))
-    done = transfer.pull(_launcher(host), src, dest, max_bytes=max_bytes)
+    max_bytes = _max_size(p, ns.max)
+    name = os.path.basename(ns.container_path.rstrip("/"))
+    with transfer.HostRoot(host.transfer_root).target(ns.host_path, name) as target:
+        src = _container_path(host, ns.container_path)
+        done = transfer.pull(_launcher(host), src, target, max_bytes=max_bytes)
     _say(host, done.describe("pulled"))
 
 
@@ -1105,28 +1178,49 @@ def output_magic(host: Host, args: list[str]) -> None:
     _say(host, f"output budget: {human(limit)} per cell" if limit else "output budget: off")
 
 
+def _allowed_note(host: Host, entry: Magic) -> str:
+    """How much of ``entry`` the kernel's magics policy allows, for %lsmagic and %help; empty if all of it."""
+    if host.magics == "all":
+        return ""
+    if policy.allows(host.magics, entry.name):
+        return ""
+    if entry.name == "lxc" and host.magics == "safe":
+        return f"only %lxc {', '.join(policy.SAFE_LXC)} here (magics policy safe)"
+    return f"refused here (magics policy {host.magics})"
+
+
+def _help_text(host: Host, entry: Magic) -> str:
+    note = _allowed_note(host, entry)
+    return entry.doc + (f"\n\nIn this kernel: {note}. {policy.describe(host.magics)}" if note else "")
+
+
 @magic("lsmagic")
 def lsmagic_magic(host: Host, args: list[str]) -> None:
-    """%lsmagic: list the magics, each with its one-line summary."""
+    """%lsmagic: list the magics, each with its one-line summary, and which ones this kernel allows."""
     MagicParser(prog="%lsmagic").parse_args(args)
-    _say(host, "\n".join(m.summary for m in REGISTRY.values())
+    lines = []
+    for entry in REGISTRY.values():
+        note = _allowed_note(host, entry)
+        lines.append(entry.summary + (f"  [{note}]" if note else ""))
+    _say(host, "\n".join(lines)
          + "\n\nA cell's leading %lines are magics; the rest of the cell runs in the shell after them."
-         "\n`%help MAGIC` or `%MAGIC --help` explains one.")
+         "\n`%help MAGIC` or `%MAGIC --help` explains one.\n" + policy.describe(host.magics))
 
 
 @magic("help")
 def help_magic(host: Host, args: list[str]) -> None:
-    """%help [MAGIC]: the help of one magic, or of all of them."""
+    """%help [MAGIC]: the help of one magic, or of all of them, and which ones this kernel allows."""
     p = MagicParser(prog="%help")
     p.add_argument("name", nargs="?", metavar="MAGIC")
     ns = p.parse_args(args)
     if ns.name is None:
-        _say(host, "\n\n".join(m.doc for m in REGISTRY.values()))
+        _say(host, "\n\n".join(_help_text(host, m) for m in REGISTRY.values())
+             + ("" if host.magics == "all" else "\n\n" + policy.describe(host.magics)))
         return
     entry = REGISTRY.get(ns.name.lstrip("%"))
     if entry is None:
         raise UnknownMagic(f"unknown magic %{ns.name.lstrip('%')}. Known magics: {known()}.")
-    _say(host, entry.doc)
+    _say(host, _help_text(host, entry))
 
 
 # -- documentation ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags,
 from .budget import parse_size
 from .errors import ConfigError
 from .lxc import validate_name, validate_path
+from .policy import POLICIES
 from .provision import KINDS
 from .users import parse_spec
 
@@ -405,6 +406,23 @@ OPTIONS: tuple[Option, ...] = (
         "same BASE",
         _unless_empty(lambda name: validate_name(name, "ephemeral base")), flag="--ephemeral", metavar="BASE",
         doc_default="off",
+    ),
+    # Not settable from a notebook (no %attach form): they guard the host against the notebook's cells.
+    Option(
+        "magics", Kind.ENUM, "all",
+        "which magics cells may run: `all`; `safe`, only those that touch neither the host nor the attached "
+        "user (%timeout, %output, %colors, %stderr, %reset, %help, %lsmagic, %lxc status|info|list); `none`, "
+        "a magic line is an error. With `all` in a root kernel, whoever runs a cell is root on the host",
+        choices=POLICIES, flag="--magics", metavar="all|safe|none", shown=True,
+        doc_default="`all`; `safe` in a spec installed with `--attach-user`",
+    ),
+    Option(
+        "transfer_root", Kind.STR, "",
+        "the host directory `%push` reads from and `%pull` writes into: a path outside it (absolute, through "
+        "`..` or a symlink) is refused, whatever the magics policy",
+        _unless_empty(lambda path: validate_path(path, "transfer root")), flag="--transfer-root", metavar="DIR",
+        shown=True, unset="(the kernel's working directory)",
+        doc_default="the kernel's working directory (Jupyter starts it in the notebook's folder)",
     ),
 )
 

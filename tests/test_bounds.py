@@ -143,8 +143,9 @@ def test_a_huge_etc_passwd_is_refused_quickly_and_the_kernel_stays_small(
 
 
 @pytest.fixture(scope="module")
-def root_kernel(box: str) -> Iterator[Kernel]:
-    k = start_kernel(box)
+def root_kernel(box: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    # %push/%pull reach only beneath the transfer root (issue 8): here, pytest's temporary directories.
+    k = start_kernel(box, f"--LXCKernel.transfer_root={tmp_path_factory.getbasetemp()}")
     k.box = box  # type: ignore[attr-defined]
     yield k
     k.shutdown()

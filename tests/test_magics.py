@@ -62,12 +62,18 @@ def new_name() -> Iterator[Callable[[str], str]]:
         _destroy_ours(name)
 
 
+def _transfers_in(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # %push/%pull reach only beneath the transfer root (the kernel's cwd by default): the tests' files
+    # are in pytest's temporary directories.
+    return f"--LXCKernel.transfer_root={tmp_path_factory.getbasetemp()}"
+
+
 @pytest.fixture(scope="module")
-def shared() -> Iterator[Kernel]:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
     """One hostfs container and kernel for the tests that leave the options as they found them."""
     name = f"{RUN}shared"
     ensure_container(name, "hostfs")
-    k = start_kernel(name)
+    k = start_kernel(name, _transfers_in(tmp_path_factory))
     k.container = name  # type: ignore[attr-defined]
     yield k
     k.shutdown()
@@ -75,11 +81,11 @@ def shared() -> Iterator[Kernel]:
 
 
 @pytest.fixture
-def own(new_name: Callable[[str], str]) -> Iterator[Kernel]:
+def own(new_name: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
     """A kernel on a fresh hostfs container of its own, for tests that stop, limit or re-attach it."""
     name = new_name("own")
     ensure_container(name, "hostfs")
-    k = start_kernel(name)
+    k = start_kernel(name, _transfers_in(tmp_path_factory))
     k.container = name  # type: ignore[attr-defined]
     yield k
     k.shutdown()

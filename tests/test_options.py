@@ -101,7 +101,8 @@ def test_kernelspec_argv_from_every_install_flag_round_trips_into_the_kernel() -
         ["--container", "c1", "--attach-user", "student:100", "--env", "A=1", "--env", "B=x=y", "--keep-env", "LANG",
          "--cwd", "/tmp", "--shell", "/bin/sh", "--namespaces", "mount|pid", "--elevated", "cap", "--remount-sys-proc",
          "--lxcpath", "/var/lib/lxc", "--sudo", "--colors", "--stderr", "merged", "--timeout", "30",
-         "--output-limit", "2M", "--create-missing", "hostfs", "--start-stopped"]
+         "--output-limit", "2M", "--create-missing", "hostfs", "--start-stopped",
+         "--magics", "none", "--transfer-root", "/srv/notebooks"]
     )
     traits = install.traits_from_args(args)
     flags = {option.name for option in OPTIONS if option.flag} - {"ephemeral"}
@@ -138,6 +139,8 @@ BAD = [
     ("output_limit", ["--output-limit", "12X"], None, "12X", "not a size"),
     ("create_missing", ["--create-missing", "bogus"], None, "bogus", "unknown kind"),
     ("ephemeral", ["--ephemeral", "bad;name"], None, "bad;name", "invalid ephemeral base"),
+    ("magics", ["--magics", "some"], None, "some", "is not one of all, safe, none"),
+    ("transfer_root", ["--transfer-root", "notebooks"], None, "notebooks", "invalid transfer root"),
 ]
 
 

@@ -121,7 +121,7 @@ def refusal(policy: str, request: Request, kinds: Sequence[str] = ()) -> str | N
         if reason is not None:
             return f"config key {key} {reason}, so it needs `all`"
     if not allows(policy, request.magic, request.sub):
-        return f"`safe` allows only {safe_list()}"
+        return f"`safe` allows only {safe_list()}; the others need `all`"
     return None
 
 

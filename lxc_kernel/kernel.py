@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -20,8 +22,9 @@ from .cellio import CellIO, restore_echo
 from .complete import is_complete
 from .display import HELPER_NAME, HELPER_SCRIPT
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
+from .fanout import BlockView, FanOut, Fleet, InterleaveView, LxcTargets, failure_message, resolve_targets
 from .lxc import ADVICE, Container, State, Tools, list_names
-from .magics import run_magics, split_cell
+from .magics import REGISTRY, check_on_policy, parse_on, run_magics, split_cell, split_on_cell
 from .options import config_errors
 from .options import traits as option_traits
 from .protocol import sh_quote
@@ -87,13 +90,21 @@ class LXCKernel(Kernel):
     def attach_options(self) -> AttachOptions:
         """Validate the configuration into an AttachOptions (raises ConfigError with what is wrong)."""
         container = self.target()
+        options = self.base_attach_options(container.name)
+        if self.user:
+            options = resolve_user(container, self.user, options)
+        return options
+
+    def base_attach_options(self, name: str) -> AttachOptions:
+        """The configured attach options aimed at container ``name``, before the user is resolved (that
+        reads the container's /etc/passwd): a ``%%on`` target is attached like the kernel's own."""
         env = dict(self.env)
-        for name in self.keep_env:
-            if name in os.environ:
-                env[name] = os.environ[name]
-        options = AttachOptions(
-            container.name,
-            tools=container.tools,
+        for key in self.keep_env:
+            if key in os.environ:
+                env[key] = os.environ[key]
+        return AttachOptions(
+            name,
+            tools=self.tools,
             env=env_pairs(env),
             cwd=self.cwd or None,
             shell=self.shell_path or None,
@@ -102,9 +113,6 @@ class LXCKernel(Kernel):
             remount_sys_proc=self.remount_sys_proc,
             term=self.term,
         )
-        if self.user:
-            options = resolve_user(container, self.user, options)
-        return options
 
     def ensure_session(self, *, prepare: bool = True, quiet: bool = False) -> ShellSession:
         """The live shell, attached now if needed. ``prepare=False`` never creates, starts or unfreezes
@@ -179,6 +187,8 @@ class LXCKernel(Kernel):
         magic_lines, code = split_cell(code)
         if magic_lines and (failed := self._run_magics(magic_lines, silent)) is not None:
             return failed
+        if (on := split_on_cell(code)) is not None:
+            return self._execute_on(*on, silent)
         if not code.strip():
             return self._ok()
         if errors := config_errors(self):
@@ -220,6 +230,94 @@ class LXCKernel(Kernel):
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
+
+    @contextlib.contextmanager
+    def _sigint_calls(self, callback: Any) -> Any:
+        """While the body runs, SIGINT (the stop button; message-mode interrupts arrive as SIGINT too)
+        calls ``callback`` instead of raising KeyboardInterrupt, which would end the cell mid-step."""
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: callback()) if in_main else None
+        try:
+            yield
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+
+    # -- %%on: many containers (issue 11, fanout.py) ----------------------------------------------
+    @property
+    def fleet(self) -> Fleet:
+        """The fan-out sessions: one shell per %%on target, kept between cells."""
+        if getattr(self, "_fleet", None) is None:
+            self._fleet = Fleet()
+        return self._fleet
+
+    def _execute_on(self, args: list[str], body: str, silent: bool) -> dict[str, Any]:
+        """A ``%%on TARGET...`` cell: ``body`` in every target at once, each in its own shell.
+
+        Workers run the targets; this thread publishes what they saw (ipykernel's IOPub is not for
+        other threads) and forwards SIGINT to every running target. A failure before anything ran (a
+        usage error, a glob matching nothing, the session cap) leaves every shell as it was.
+        """
+        try:
+            check_on_policy(self, args)
+        except LxcKernelError as exc:
+            return self._error(type(exc).__name__, str(exc))
+        if "--help" in args or "-h" in args:
+            if not silent:
+                self._stream("stdout", REGISTRY["on"].doc + "\n")
+            return self._ok()
+        listed: list[str] | None = None
+
+        def names() -> list[str]:
+            nonlocal listed
+            listed = list_names(self.tools)
+            return listed
+
+        try:
+            request = parse_on(args)
+            if errors := config_errors(self):
+                raise ConfigError("the kernel's configuration has invalid values: " + "; ".join(errors.values()))
+            targets = resolve_targets(request.targets, names)
+            notes = self.fleet.sweep(listed)
+            self.fleet.check_cap(targets, int(self.max_fanout_sessions))
+            user = request.user if request.user is not None else self.user
+        except LxcKernelError as exc:
+            return self._error(type(exc).__name__, str(exc))
+        quiet = lambda *_: None  # noqa: E731
+        emit_stream = quiet if silent else self._stream
+        emit_message = quiet if silent else self._emit_display
+        for note in notes:
+            emit_stream("stderr", f"[lxc-kernel: {note}]\n")
+        view = (InterleaveView(emit_stream, emit_message) if request.interleave
+                else BlockView(emit_stream, emit_message, f"lxck-on-{secrets.token_hex(6)}"))
+        fan = FanOut(
+            self.fleet,
+            LxcTargets(self.base_attach_options, self.tools, separate_stderr=self.stderr == "separate",
+                       startup_timeout=self.startup_timeout),
+            targets, body, request,
+            user="" if user in ("root", "0", "0:0") else user,
+            view=view, make_io=self._target_io, colors=self.colors,
+            timeout=request.timeout or self.cell_timeout or None, describe=describe_status,
+        )
+        with self._sigint_calls(fan.interrupt):
+            results = fan.run()
+        if fan.interrupted:
+            stopped = [r.name for r in results if r.status.value in ("interrupted", "skipped")]
+            return self._error("KeyboardInterrupt", f"interrupted: {len(stopped)} of {len(results)} targets were "
+                                                    "stopped or did not start")
+        if request.keep_going or all(r.ok for r in results):
+            return self._ok()
+        return self._error("FanOutFailed", failure_message(results))
+
+    def _target_io(self, session: ShellSession, emit_stream: Any, emit_display: Any) -> CellIO:
+        """A %%on target's output pipeline (from a worker thread; its emitters only queue): the output
+        budget per target, as for a plain cell; no stdin."""
+        try:
+            budget = parse_size(self.output_limit)
+        except ValueError:
+            budget = DEFAULT_LIMIT
+        return CellIO(session, emit_stream=emit_stream, emit_display=emit_display, ask=None, budget=budget,
+                      spill_dir=self.output_dir or None)
 
     def _error_for_exit(self, exc: ShellExited) -> dict[str, Any]:
         """A dead shell: say whether the container went away, and that the next cell starts afresh."""
@@ -410,6 +508,7 @@ class LXCKernel(Kernel):
         session = self.shell_session
         if session is not None:
             session.request_stop()  # a cell still running in the shell thread ends at once
+        self.fleet.close_all()  # every %%on shell, by PID; a %%on cell still running ends at once
         self.close_session()
         self._remove_ephemeral_copy()
         return {"status": "ok", "restart": restart}

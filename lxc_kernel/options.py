@@ -277,6 +277,15 @@ def _size(value: str) -> str:
     return value
 
 
+def _whole(low: int, high: int) -> Validator:
+    def run(value: float) -> float:
+        if value != int(value) or not low <= value <= high:
+            raise ConfigError(f"must be a whole number from {low} to {high}, not {value:g}")
+        return value
+
+    return run
+
+
 def _one_of(allowed: Sequence[str]) -> Validator:
     def run(value: str) -> str:
         if value and value not in allowed:
@@ -387,6 +396,13 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "output_dir", Kind.STR, "", "where over-budget output is saved on the kernel's host",
         doc_default="`$TMPDIR/lxc-kernel-output`",
+    ),
+    Option(
+        "max_fanout_sessions", Kind.FLOAT, 64.0,
+        "the most `%%on` shells open at once (one per target container, kept between cells); a `%%on` cell "
+        "that needs more fails before running anything, and `%on close` ends some. At most 150: the kernel "
+        "holds about five descriptors per shell",
+        _whole(1, 150), doc_default="`64`",
     ),
     Option(
         "create_missing", Kind.STR, "",

@@ -1,9 +1,15 @@
 """Pure: what to complete at the cursor, the shell text that lists candidates, and the is_complete classifier.
 
-Completion runs in the live shell (so it sees the cell's variables, aliases, functions and working
-directory), but everything here is text in, text out: :func:`word_at` finds the word and what kind of
-thing it names, :func:`candidates_script` writes a short command for bash or busybox ash that prints
-one candidate per line, and :func:`parse_candidates` turns that output into the reply's matches.
+Completion runs in the live shell (so it sees the cell's variables, aliases, functions, ``complete``
+specs and working directory), but everything here is text in, text out. :func:`word_at` finds the
+word the way readline does (its start is the last unquoted ``COMP_WORDBREAKS`` character, or the
+opening quote the cursor is inside) and what kind of thing it names; for an argument it also builds
+what readline hands a completion function (:class:`CompLine`: ``COMP_LINE``, ``COMP_POINT``,
+``COMP_WORDS``, ``COMP_CWORD`` and ``$1 $2 $3``). The ``*_script`` functions write the short command
+for bash or busybox ash, and :func:`parse_candidates` turns what it printed into typed matches.
+
+In bash, the helper functions in :data:`BASH_HELPERS` do the work: they are defined once per shell
+(on its first completion) and follow readline's order; see :func:`argument_script`.
 """
 
 from __future__ import annotations
@@ -18,20 +24,27 @@ from .protocol import sh_quote
 
 MAX_MATCHES = 500
 
-# Characters that end a shell word when scanning left from the cursor. '=' is one too, so
-# `--file=/et` and `x=$HO` complete the part after it.
-_DELIMS = frozenset(" \t\n;|&<>()`\"'=")
-# Before these, the next word is a command name.
-_COMMAND_PRECEDERS = ("&&", "||", ";", "|", "&", "(", "`", "$(", "{", "!")
+# bash's default COMP_WORDBREAKS (bash 5.2: `printf %q "$COMP_WORDBREAKS"`). readline starts the word to
+# complete after the last of these that is not quoted: `--file=/et` and `host:/pa` complete the part
+# after `=` and `:`, and the completion function's matches replace only that part.
+COMP_WORDBREAKS = " \t\n\"'@><=;|&(:"
+_BLANKS = " \t\n"
+# Unquoted, these end one command and start the next (`$(` through its `(`).
+_SEPARATORS = ";&|(`"
+_CLOSERS = ";&|)`"
+# Words before the command name that are not the command: bash's reserved words that introduce one.
+_RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "time", "!", "{"})
+# After these, the next word is a command name (`sudo gi`, `type ec`), when no completion spec says more.
 _COMMAND_KEYWORDS = frozenset(
-    {"do", "then", "else", "elif", "if", "while", "until", "time", "exec", "command", "sudo", "nohup",
-     "env", "xargs", "builtin", "type", "which", "man", "timeout", "nice"}
+    {"exec", "command", "sudo", "nohup", "env", "xargs", "builtin", "type", "which", "man", "timeout", "nice"}
 )
+_ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
 # Characters a completed name needs backslash-escaped to stay one word.
-_NEEDS_ESCAPE = re.compile(r"([ \t\\'\"$&;|<>()*?\[\]{}!#`~])")
+# readline's rl_filename_quote_characters in bash (bashline.c), so a completed name stays one word.
+_NEEDS_ESCAPE = re.compile(r"([ \t\n\\\"'@<>=;|&()#$`?*\[!:{~])")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ASSIGNMENTS_RE = re.compile(r"(^|[;&|\n(])\s*([A-Za-z_][A-Za-z0-9_]*=\S*\s+)+$")
 _SET_LINE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=", re.MULTILINE)
+_FUNCTION_DEF_RE = re.compile(r"(?:^|[;&|{(\s])(?:function\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*\(\s*\)", re.MULTILINE)
 
 # busybox ash builtins (ash has no compgen): `help` in ash lists them, but not in every build.
 ASH_BUILTINS = (
@@ -42,11 +55,26 @@ ASH_BUILTINS = (
 
 
 class Kind(enum.Enum):
-    COMMAND = "command"
-    FILE = "file"
-    VARIABLE = "variable"
+    COMMAND = "command"  # the command word: aliases, functions, builtins, keywords, PATH; files if none
+    ARGUMENT = "argument"  # after the command word: its completion spec in bash, file names in ash
+    FILE = "file"  # a command word with a `/` in it, or an assignment's value: file names
+    VARIABLE = "variable"  # $NAME or ${NAME
+    USER = "user"  # ~NAME (no slash yet)
     MAGIC = "magic"  # the name of a %magic
     MAGIC_ARG = "magic_arg"  # an argument of a %magic
+
+
+@dataclass(frozen=True)
+class CompLine:
+    """What readline hands a completion function for the command around the cursor."""
+
+    line: str  # COMP_LINE: the command, from its name to its end
+    point: int  # COMP_POINT: the cursor, counted from the start of COMP_LINE
+    words: tuple[str, ...]  # COMP_WORDS, split at blanks and COMP_WORDBREAKS like bash does
+    cword: int  # COMP_CWORD: the index of the word with the cursor
+    command: str  # $1: the command name as typed
+    cur: str  # $2: readline's word up to the cursor (after an opening quote, without it)
+    prev: str  # $3: the word before COMP_WORDS[COMP_CWORD]
 
 
 @dataclass(frozen=True)
@@ -59,44 +87,225 @@ class Word:
     kind: Kind
     brace: bool = False  # ``${NAME`` rather than ``$NAME``
     magic: tuple[str, ...] = ()  # for MAGIC_ARG: the magic's name and the words before this one
+    quote: str = ""  # the quote the cursor is inside (the word starts right after it): ', " or none
+    after_keyword: bool = False  # the previous word is `sudo`, `type`, `exec`...: a command name fits
+    comp: CompLine | None = None  # for ARGUMENT: what a completion function is called with
 
     @property
     def prefix(self) -> str:
-        """What the candidates must start with: no ``$``/``${``, backslash escapes removed."""
+        """What the candidates must start with: no ``$``/``${``, quotes and backslash escapes removed."""
         if self.kind is Kind.VARIABLE:
             return self.text[2:] if self.brace else self.text[1:]
         if self.kind is Kind.MAGIC:
             return self.text.lstrip("%")
-        return re.sub(r"\\(.)", r"\1", self.text)
+        if self.kind is Kind.USER:
+            return self.text[1:]
+        if self.quote == "'":
+            return self.text
+        if self.quote == '"':
+            return re.sub(r'\\([\\$`"])', r"\1", self.text)
+        return dequote(self.text)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One completion: the text that replaces ``code[start:end]`` and its kind for frontends' icons."""
+
+    text: str
+    type: str  # command | function | file | directory | variable | magic
+
+
+def dequote(text: str) -> str:
+    """The shell word ``text`` without its quotes and backslashes (no expansion)."""
+    out: list[str] = []
+    state = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if state == "'":
+            if c == "'":
+                state = ""
+            else:
+                out.append(c)
+        elif c == "\\" and i + 1 < len(text) and (state == "" or text[i + 1] in '\\$`"'):
+            out.append(text[i + 1])
+            i += 1
+        elif c in "'\"" and (state == "" or c == state):
+            state = "" if state else c
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _lex(line: str) -> tuple[list[bool], str, int]:
+    """Per character of ``line``: is it quoted (inside quotes, a quote character itself, or escaped by a
+    backslash)? Quoted characters never end a word. Also the quote still open at the end, and where."""
+    quoted = [False] * len(line)
+    state, opened = "", -1
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if state:
+            quoted[i] = True
+            if c == "\\" and state == '"' and i + 1 < len(line):
+                quoted[i + 1] = True
+                i += 1
+            elif c == state:
+                state = ""
+        elif c == "\\":
+            quoted[i] = True
+            if i + 1 < len(line):
+                quoted[i + 1] = True
+                i += 1
+        elif c in "'\"":
+            quoted[i] = True
+            state, opened = c, i
+        i += 1
+    return quoted, state, opened
+
+
+def _is_separator(line: str, quoted: list[bool], i: int) -> bool:
+    """An unquoted ``; & | ( `` that ends a command; not the ``&`` of ``2>&1``, ``&>`` or ``<&``."""
+    c = line[i]
+    if quoted[i] or c not in _SEPARATORS:
+        return False
+    if c == "&" and ((i > 0 and line[i - 1] in "<>") or (i + 1 < len(line) and line[i + 1] == ">")):
+        return False
+    return True
+
+
+def _ends_command(line: str, quoted: list[bool], i: int) -> bool:
+    return _is_separator(line, quoted, i) or (line[i] == ")" and not quoted[i])
+
+
+def _shell_words(text: str, quoted: list[bool], offset: int) -> list[tuple[int, int]]:
+    """Spans of the blank-separated shell words of ``text`` (``quoted`` is for the whole line, which
+    ``text`` starts at ``offset`` of)."""
+    spans: list[tuple[int, int]] = []
+    start = None
+    for i, c in enumerate(text):
+        blank = c in _BLANKS and not quoted[offset + i]
+        if blank and start is not None:
+            spans.append((start, i))
+            start = None
+        elif not blank and start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def comp_words(line: str, quoted: list[bool], offset: int, point: int) -> tuple[list[str], int]:
+    """COMP_WORDS and COMP_CWORD for ``line`` with the cursor at ``point``, as bash splits them: at
+    blanks, and at COMP_WORDBREAKS characters, a run of which is a word of its own (``--a=b`` is
+    ``--a`` ``=`` ``b``). Quoted characters (see :func:`_lex`) split nothing."""
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        q = quoted[offset + i]
+        if c in _BLANKS and not q:
+            i += 1
+            continue
+        j = i + 1
+        if not q and c in COMP_WORDBREAKS:
+            while j < n and not quoted[offset + j] and line[j] in COMP_WORDBREAKS and line[j] not in _BLANKS:
+                j += 1
+        else:
+            while j < n and (quoted[offset + j] or line[j] not in COMP_WORDBREAKS):
+                j += 1
+        spans.append((i, j))
+        i = j
+    # The cursor's word: one starting at the cursor, else one ending at or containing it, else a new
+    # empty word at the cursor (bash: `tt a |` has COMP_WORDS tt a "" and `tt ab=|cd` points at cd).
+    for k, (s, e) in enumerate(spans):
+        if s == point:
+            return [line[s:e] for s, e in spans], k
+    for k, (s, e) in enumerate(spans):
+        if s < point <= e:
+            return [line[s:e] for s, e in spans], k
+    k = sum(1 for s, _ in spans if s < point)
+    words = [line[s:e] for s, e in spans]
+    words.insert(k, "")
+    return words, k
 
 
 def word_at(code: str, cursor: int) -> Word:
     """Find the word that ends at ``cursor`` and what kind of name it is."""
     cursor = max(0, min(cursor, len(code)))
-    start = cursor
-    while start > 0 and (code[start - 1] not in _DELIMS or _escaped(code, start - 1)):
-        start -= 1
-    text = code[start:cursor]
-    line_start = code.rfind("\n", 0, start) + 1
-    line_before = code[line_start:start]
+    line_start = code.rfind("\n", 0, cursor) + 1
+    line_end = code.find("\n", cursor)
+    line = code[line_start : len(code) if line_end < 0 else line_end]
+    pos = cursor - line_start
+    before = line[:pos]
 
-    if line_before.strip() == "" and text.startswith("%"):
-        return Word(text, start, cursor, Kind.MAGIC)
-    if line_before.lstrip().startswith("%"):
-        words = line_before.split()
-        return Word(text, start, cursor, Kind.MAGIC_ARG, magic=(words[0].lstrip("%"), *words[1:]))
+    if before.lstrip().startswith("%"):
+        blank = max(before.rfind(" "), before.rfind("\t"))
+        text = before[blank + 1 :]
+        if not before[: blank + 1].strip():
+            return Word(text, cursor - len(text), cursor, Kind.MAGIC)
+        words = before[: blank + 1].split()
+        return Word(text, cursor - len(text), cursor, Kind.MAGIC_ARG, magic=(words[0].lstrip("%"), *words[1:]))
 
-    dollar = text.rfind("$")
-    if dollar >= 0 and not _escaped(text, dollar):
-        rest = text[dollar + 1 :]
-        brace = rest.startswith("{")
-        name = rest[1:] if brace else rest
-        if name == "" or _NAME_RE.fullmatch(name):
-            return Word(text[dollar:], start + dollar, cursor, Kind.VARIABLE, brace=brace)
+    quoted, _, _ = _lex(line)
+    _, state, opened = _lex(before)
+    # readline's word: after the quote the cursor is inside, or after the last unquoted break character.
+    if state:
+        start = opened + 1
+    else:
+        start = pos
+        while start > 0 and (before[start - 1] not in COMP_WORDBREAKS or quoted[start - 1]):
+            start -= 1
+    text = before[start:]
+    abs_start = line_start + start
 
-    if "/" not in text and _command_position(code[:start]):
-        return Word(text, start, cursor, Kind.COMMAND)
-    return Word(text, start, cursor, Kind.FILE)
+    # The command around the cursor: after the last separator, past reserved words and assignments.
+    cmd_start = max((i + 1 for i in range(pos) if _is_separator(line, quoted, i)), default=0)
+    cmd_end = next((i for i in range(pos, len(line)) if _ends_command(line, quoted, i)), len(line))
+    spans = _shell_words(before[cmd_start:], quoted, cmd_start)
+    # A shell word that ends at the cursor is the one being completed: it may be the command name.
+    done = [(s, e) for s, e in spans if cmd_start + e < pos]
+    k = 0
+    while k < len(done):
+        w = before[cmd_start + done[k][0] : cmd_start + done[k][1]]
+        if w in _RESERVED or _ASSIGNMENT_RE.match(w):
+            k += 1
+            continue
+        break
+    name_at = cmd_start + done[k][0] if k < len(done) else None  # the command name, when complete
+    word_start = pos
+    while word_start > cmd_start and (before[word_start - 1] not in _BLANKS or quoted[word_start - 1]):
+        word_start -= 1
+    previous = before[cmd_start + done[-1][0] : cmd_start + done[-1][1]] if done else ""
+    after_keyword = previous in _COMMAND_KEYWORDS and name_at is not None
+
+    if state != "'":
+        dollar = text.rfind("$")
+        if dollar >= 0 and not _escaped(text, dollar):
+            rest = text[dollar + 1 :]
+            brace = rest.startswith("{")
+            name = rest[1:] if brace else rest
+            if name == "" or _NAME_RE.fullmatch(name):
+                return Word(text[dollar:], abs_start + dollar, cursor, Kind.VARIABLE, brace=brace, quote=state)
+    if not state and text.startswith("~") and "/" not in text and start == word_start:
+        return Word(text, abs_start, cursor, Kind.USER)
+
+    if name_at is None:
+        # The command word itself (or an assignment before it, whose value is a file name).
+        shell_word = before[word_start:]
+        if "/" in text or _ASSIGNMENT_RE.match(shell_word) or start != word_start:
+            return Word(text, abs_start, cursor, Kind.FILE, quote=state)
+        return Word(text, abs_start, cursor, Kind.COMMAND, quote=state)
+
+    comp_line = line[name_at:cmd_end]
+    point = pos - name_at
+    words, cword = comp_words(comp_line, quoted, name_at, point)
+    comp = CompLine(
+        line=comp_line, point=point, words=tuple(words), cword=cword, command=words[0],
+        cur=text, prev=words[cword - 1] if cword > 0 else "",
+    )
+    return Word(text, abs_start, cursor, Kind.ARGUMENT, quote=state, after_keyword=after_keyword, comp=comp)
 
 
 def _escaped(text: str, index: int) -> bool:
@@ -107,75 +316,258 @@ def _escaped(text: str, index: int) -> bool:
     return n % 2 == 1
 
 
-def _command_position(before: str) -> bool:
-    stripped = before.rstrip(" \t")
-    if stripped == "" or stripped.endswith("\n"):
-        return True
-    if stripped.endswith(_COMMAND_PRECEDERS):
-        return True
-    if stripped.split()[-1] in _COMMAND_KEYWORDS:
-        return True
-    # `FOO=bar cmd`: assignments before a command keep the command position.
-    return bool(_ASSIGNMENTS_RE.search(before))
+# -- the shell side ---------------------------------------------------------------------------------
+#
+# Output protocol of every candidate script: one candidate per line, its first character a tag.
+#   c command (alias, builtin, keyword, PATH)   u function   f file   d directory   w a spec's word
+#   x then f|d: a file from a fallback (`-o default`, no spec...)   o the spec's `-o` options (one line)
+# The programmable script prints a fresh nonce first: what a completion function wrote to the terminal
+# itself (/dev/tty) comes before it and is dropped.
+
+# bash helpers, defined once per shell (see ALIASES_OFF). Their locals that stay alive while a completion
+# function runs are named _lk*: bash scoping is dynamic, and a function that sets `cur` or `i` without
+# `local` (a common way to write one) would otherwise write into ours.
+#
+# __lxck_fl PREFIX [TAG]: file names that start with PREFIX (`~/` is $HOME); directories tagged d. Hidden
+# files too when the name part is empty, as readline's match-hidden-files (on by default) does.
+_BASH_FILES = (
+    "__lxck_fl() { local p=$1 h= f t g; set +f; builtin shopt -u failglob; [[ $p == \"~/\"* ]] && h=$HOME"
+    " p=$HOME/${p:2}; g=(\"$p\"*); [[ -z ${p##*/} ]] && g+=(\"$p\".*); for f in \"${g[@]}\"; do"
+    " case ${f##*/} in .|..) continue;; esac; [[ -e $f || -L $f ]] || continue; [[ -d $f ]] && t=d || t=f;"
+    " [[ -n $h ]] && f=\"~${f:${#h}}\"; builtin printf \"%s%s\\n\" \"$2$t\" \"$f\"; done; }"
+)
+# __lxck_cm PREFIX: readline's command word: aliases, functions, builtins, keywords, PATH; file names when
+# none of those match (bash manual, "Programmable Completion" and the `complete` bindable command).
+_BASH_COMMANDS = (
+    "__lxck_cm() { builtin compgen -P u -A function -- \"$1\"; builtin compgen -P c -c -- \"$1\" || __lxck_fl \"$1\"; }"
+)
+# __lxck_ld COMMAND, in the shell itself so that what it loads stays: bash-completion's main script the
+# first time (only where the container has it, and only if nothing set a default completion yet, as a
+# sourced ~/.bashrc may have), then the command's spec through its dynamic loader (`_completion_loader`).
+# Both need extglob while they are parsed; the user's setting is put back.
+BASH_COMPLETION = "/usr/share/bash-completion/bash_completion"
+_BASH_LOADER = (
+    f"__lxck_ld() {{ local _lke=1 _lkf={BASH_COMPLETION}; builtin shopt -q extglob || _lke=;"
+    " builtin shopt -s extglob; if [[ -z ${__lxck_bc-} ]]; then __lxck_bc=1; builtin complete -p -D ||"
+    " { [[ -r $_lkf ]] && builtin . \"$_lkf\"; }; fi; builtin complete -p -- \"$1\" ||"
+    " { declare -F _completion_loader && _completion_loader \"$1\"; }; [[ -n $_lke ]] || builtin shopt -u extglob;"
+    " } </dev/null >/dev/null 2>&1"
+)
+# __lxck_pc NONCE FALLBACK CMD CWORD POINT LINE CUR PREV PREFIX WORDS...: programmable completion as
+# readline does it (bash manual, "Programmable Completion"): the command's spec (by name, by basename,
+# else the -D default), read by __lxck_ps; __lxck_pr runs its actions, -G and -W through compgen, calls
+# its -F function with COMP_* set and $1 $2 $3 and reads COMPREPLY (124: the function changed the spec,
+# start again), and reads -C's output; __lxck_px applies -X, __lxck_po -P, -S and -o default/dirnames/plusdirs and
+# prints. Always run in a subshell: the function sees every variable and function of the session but
+# changes none of them. In there `compopt` is recorded (__lxck_co: outside readline it only fails) and
+# `compgen` gets readline's file name dequoting (__lxck_cg).
+_BASH_PROGRAMMABLE = (
+    "__lxck_pc() { local _lkn=$1 _lkb=$2 _lkc=$3 _lkw=$7 _lkv=$8 _lkx=$9 _lks= _lko= _lkF= _lkC= _lkX= _lkP= _lkS="
+    " _lkt _lka=() _lkg=() _lkk=(); COMP_CWORD=$4 COMP_POINT=$5 COMP_LINE=$6 COMP_TYPE=9 COMP_KEY=9; shift 9;"
+    " COMP_WORDS=(\"$@\"); COMPREPLY=(); set +euf; builtin shopt -s extglob; builtin shopt -u failglob;"
+    " compopt() { __lxck_co \"$@\"; }; compgen() { __lxck_cg \"$@\"; }; for _lkt in 1 2 3; do"
+    " _lks=$(builtin complete -p -- \"$_lkc\" || builtin complete -p -- \"${_lkc##*/}\" || builtin complete -p -D)"
+    " 2>/dev/null || break; __lxck_ps; __lxck_pr; (($? == 124)) || break; done; __lxck_po; }"
+)
+_BASH_SPEC = (
+    "__lxck_ps() { local _lki; eval \"_lka=($_lks)\"; _lko= _lkF= _lkC= _lkX= _lkP= _lkS= _lkg=() _lkk=();"
+    " for ((_lki=1; _lki<${#_lka[@]}-1; _lki++)); do case ${_lka[_lki]} in -o) _lko+=\" ${_lka[++_lki]} \";;"
+    " -F) _lkF=${_lka[++_lki]};; -C) _lkC=${_lka[++_lki]};; -X) _lkX=${_lka[++_lki]};; -P) _lkP=${_lka[++_lki]};;"
+    " -S) _lkS=${_lka[++_lki]};; -[AGW]) _lkg+=(\"${_lka[_lki]}\" \"${_lka[++_lki]}\");; -[DEI]) ;;"
+    " -*) _lkg+=(\"${_lka[_lki]}\");; esac; done; }"
+)
+_BASH_RUN = (
+    "__lxck_pr() { ((${#_lkg[@]})) && mapfile -t _lkk < <(__lxck_cg \"${_lkg[@]}\" -- \"$_lkw\" 2>/dev/null);"
+    " if [[ -n $_lkF ]]; then COMPREPLY=(); \"$_lkF\" \"$_lkc\" \"$_lkw\" \"$_lkv\" >/dev/null 2>&1;"
+    " (($? == 124)) && return 124; _lkk+=(\"${COMPREPLY[@]}\"); fi; [[ -z $_lkC ]] ||"
+    " mapfile -t -O ${#_lkk[@]} _lkk < <(export COMP_LINE COMP_POINT; eval \"$_lkC\" '\"$_lkc\" \"$_lkw\" \"$_lkv\"'"
+    " 2>/dev/null); return 0; }"
+)
+_BASH_FILTER = (
+    "__lxck_px() { local _lkm _lky= _lkr _lkh=(); [[ $_lkX == !* ]] && _lky=1 _lkX=${_lkX:1};"
+    " _lkX=${_lkX//&/\"$_lkw\"}; for _lkm in \"${_lkk[@]}\"; do [[ $_lkm == $_lkX ]] && _lkr=1 || _lkr=;"
+    " [[ $_lkr == \"$_lky\" ]] && _lkh+=(\"$_lkm\"); done; _lkk=(\"${_lkh[@]}\"); }"
+)
+_BASH_OUTPUT = (
+    "__lxck_po() { local _lkm _lkr; [[ -z $_lkX ]] || __lxck_px; builtin printf \"%s\\n\" \"$_lkn\" \"o$_lko\";"
+    " for _lkm in \"${_lkk[@]}\"; do _lkm=$_lkP$_lkm$_lkS; _lkr=w;"
+    " if [[ $_lko == *\" filenames \"* && -e ${_lkm/#\\~/$HOME} ]]; then [[ -d ${_lkm/#\\~/$HOME} ]] && _lkr=d"
+    " || _lkr=f; fi; builtin printf \"%s\\n\" \"$_lkr$_lkm\"; done;"
+    " if [[ -z $_lks && $_lkb == c ]]; then __lxck_cm \"$_lkx\";"
+    " elif [[ -z $_lks || $_lko == *\" plusdirs \"* ]] || { ((${#_lkk[@]} == 0)) &&"
+    " [[ $_lko == *@(\" default \"|\" bashdefault \"|\" dirnames \")* ]]; }; then __lxck_fl \"$_lkx\" x; fi; }"
+)
+# compopt outside readline fails ("not currently executing completion function"): record its -o/+o.
+_BASH_COMPOPT = (
+    "__lxck_co() { while (($#)); do case $1 in -o) _lko+=\" $2 \"; shift;; +o) _lko=${_lko// $2 /}; shift;; esac;"
+    " shift; done; return 0; }"
+)
+# compgen -f/-d as it behaves during completion. readline dequotes the word when the line has quotes, and
+# bash dequotes it once more when a completion function quoted it itself (bash-completion's _filedir
+# does, with printf %q): pcomp_filename_completion_function in bash's pcomplete.c. Without readline
+# (the kernel's bash runs with --noediting) neither happens, and `cat my\ fi` would find nothing.
+_BASH_COMPGEN = (
+    r"""__lxck_cg() { local _lkq= _lkj _lkd _lki=${!#}; for _lkj; do [[ $_lkj == -[fd] || $_lkj == file ||"""
+    r""" $_lkj == directory ]] && _lkq=1; done; if [[ -n $_lkq && $_lki == *[\\\'\"]* ]]; then"""
+    r""" [[ $_lki == "$_lkw" ]] || { __lxck_dq "$_lki"; _lki=$_lkd; };"""
+    r""" [[ ${COMP_LINE:0:COMP_POINT} == *[\\\'\"]* ]] && { __lxck_dq "$_lki"; _lki=$_lkd; };"""
+    r""" set -- "${@:1:$#-1}" "$_lki"; fi; builtin compgen "$@"; }"""
+)
+# __lxck_dq WORD: WORD without its quotes and backslashes, in _lkd (readline's bash_dequote_filename).
+_BASH_DEQUOTE = (
+    r"""__lxck_dq() { local w=$1 j c q=; _lkd=; for ((j=0; j<${#w}; j++)); do c=${w:j:1}; if [[ $q == "'" ]]; then"""
+    r""" [[ $c == "'" ]] && q= || _lkd+=$c; elif [[ $c == "\\" ]]; then ((j++)); _lkd+=${w:j:1};"""
+    r""" elif [[ $c == [\"\'] ]]; then if [[ -z $q ]]; then q=$c; elif [[ $c == "$q" ]]; then q=;"""
+    r""" else _lkd+=$c; fi; else _lkd+=$c; fi; done; }"""
+)
+BASH_HELPERS: tuple[str, ...] = (
+    _BASH_FILES, _BASH_COMMANDS, _BASH_LOADER, _BASH_PROGRAMMABLE, _BASH_SPEC, _BASH_RUN, _BASH_FILTER,
+    _BASH_OUTPUT, _BASH_COMPOPT, _BASH_COMPGEN, _BASH_DEQUOTE,
+)
+# Helpers are defined with alias expansion off, so aliases from earlier cells cannot reach into them:
+# one query turns it off (each query's text is parsed as a whole before it runs, so the `shopt` must come
+# in an earlier one), the definitions follow, and the last query puts the user's setting back.
+ALIASES_OFF = (
+    "{ \\builtin shopt -q expand_aliases && __lxck_ea=1 || __lxck_ea=; \\builtin shopt -u expand_aliases; } || \\:"
+)
+ALIASES_BACK = "{ [[ -z ${__lxck_ea-} ]] || \\builtin shopt -s expand_aliases; \\builtin unset __lxck_ea; } || \\:"
 
 
-def candidates_script(word: Word, *, bash: bool) -> str | None:
-    """Shell text that prints one candidate per line for ``word``; None if the shell isn't needed."""
+def _guarded(script: str) -> str:
+    # `|| :`: with `set -e` from a cell, a helper that finds nothing (status 1) would end the shell;
+    # errexit is ignored inside a list that has an `||` after it.
+    return f"{script} || \\:"
+
+
+def variables_script(word: Word, *, bash: bool) -> str:
+    if bash:
+        return _guarded(f"\\builtin compgen -v -- {sh_quote(word.prefix)}")
+    return "set"  # parsed by parse_candidates: NAME=... lines
+
+
+def users_script(word: Word, *, bash: bool) -> str:
+    if bash:
+        return _guarded(f"\\builtin compgen -P c -u -- {sh_quote(word.prefix)}")
+    # ash has no compgen: the names of /etc/passwd, in a subshell so IFS and n r stay the user's.
+    return _guarded("(while IFS=: read -r n r; do printf 'c%s\\n' \"$n\"; done </etc/passwd)")
+
+
+def files_script(prefix: str, *, bash: bool) -> str:
+    if bash:
+        return _guarded(f"(\\__lxck_fl {sh_quote(prefix)})")
+    if prefix.startswith("~/"):
+        base, shown, name = f"\"$HOME\"/{sh_quote(prefix[2:])}", "~/%s", '"${f#"$HOME"/}"'
+    else:
+        base, shown, name = sh_quote(prefix), "%s", '"$f"'
+    # Hidden files too when the name part is empty, as readline's match-hidden-files does.
+    glob = f"{base}*" + (f" {base}.*" if not prefix.rsplit("/", 1)[-1] else "")
+    # A subshell: the loop variable stays out of the user's shell, and `set -f` from a cell is undone.
+    return _guarded(
+        f"(set +f; for f in {glob}; do case ${{f##*/}} in .|..) continue;; esac;"
+        " [ -e \"$f\" ] || [ -L \"$f\" ] || continue;"
+        f" if [ -d \"$f\" ]; then printf 'd{shown}\\n' {name}; else printf 'f{shown}\\n' {name}; fi; done)"
+    )
+
+
+def commands_script(word: Word, *, bash: bool) -> str:
     p = word.prefix
-    if word.kind is Kind.VARIABLE:
-        if bash:
-            return f"compgen -v -- {sh_quote(p)}"
-        return "set"  # parsed by parse_candidates: NAME=... lines
-    if word.kind is Kind.COMMAND:
-        if bash:
-            return f"compgen -c -- {sh_quote(p)} | head -n {MAX_MATCHES * 4}"
-        # PATH scan in a subshell, so neither IFS nor the loop variables leak into the user's shell.
-        return (
-            f"alias; (p={sh_quote(p)}; IFS=:; for d in $PATH; do for f in \"$d/$p\"*; do"
-            " [ -x \"$f\" ] && [ ! -d \"$f\" ] && printf '%s\\n' \"${f##*/}\"; done; done)"
-            f" | head -n {MAX_MATCHES * 4}"
-        )
-    if word.kind is Kind.FILE:
-        if p.startswith("~/"):
-            glob, shown = f"\"$HOME\"/{sh_quote(p[2:])}*", "~/%s"
-            strip_home = True
-        else:
-            glob, shown = f"{sh_quote(p)}*", "%s"
-            strip_home = False
-        name = '"${f#"$HOME"/}"' if strip_home else '"$f"'
-        return (
-            f"(for f in {glob}; do [ -e \"$f\" ] || [ -L \"$f\" ] || continue;"
-            f" if [ -d \"$f\" ]; then printf '{shown}/\\n' {name}; else printf '{shown}\\n' {name}; fi;"
-            f" done) | head -n {MAX_MATCHES}"
-        )
-    return None
+    if bash:
+        return _guarded(f"(\\__lxck_cm {sh_quote(p)})")
+    # ash: aliases (`alias` prints name='value'), then a PATH scan in a subshell so neither IFS nor the
+    # loop variables leak into the user's shell. Builtins come from ASH_BUILTINS; functions cannot be
+    # listed in ash at all (see function_names).
+    return _guarded(
+        f"alias; (set +f; p={sh_quote(p)}; IFS=:; for d in $PATH; do for f in \"$d/$p\"*; do"
+        " [ -x \"$f\" ] && [ ! -d \"$f\" ] && printf 'c%s\\n' \"${f##*/}\"; done; done)"
+    )
 
 
-def parse_candidates(word: Word, output: str, *, bash: bool) -> list[str]:
-    """Turn the shell's output for ``word`` into sorted, unique, ready-to-insert matches."""
+def argument_script(word: Word, nonce: str) -> str:
+    """bash: load the command's spec in the shell (bash-completion's loader), then complete in a subshell."""
+    comp = word.comp
+    assert comp is not None
+    args = [nonce, "c" if word.after_keyword else "f", comp.command, str(comp.cword), str(comp.point),
+            comp.line, comp.cur, comp.prev, word.prefix, *comp.words]
+    quoted = " ".join(sh_quote(a) for a in args)
+    return f"\\__lxck_ld {sh_quote(comp.command)} || \\:; (\\__lxck_pc {quoted}) || \\:"
+
+
+def function_names(code: str) -> list[str]:
+    """Names the code defines as functions (``name() {`` or ``function name``): busybox ash cannot list
+    the functions it has, so its completion offers those of the cell being edited."""
+    names = _FUNCTION_DEF_RE.findall(code)
+    names += re.findall(r"(?:^|[;&|{(\s])function\s+([A-Za-z_][A-Za-z0-9_.-]*)", code, re.MULTILINE)
+    return sorted(set(names))
+
+
+# -- reading the output -----------------------------------------------------------------------------
+
+_TYPES = {"c": "command", "u": "function", "f": "file", "d": "directory", "w": "command"}
+
+
+def parse_candidates(word: Word, output: str, *, bash: bool, nonce: str = "", functions: Iterable[str] = ()
+                     ) -> list[Match]:
+    """Turn the shell's output for ``word`` into sorted, unique, ready-to-insert, typed matches."""
     lines = [line.rstrip("\r") for line in output.split("\n")]
     p = word.prefix
     if word.kind is Kind.VARIABLE:
         names = [line.strip() for line in lines] if bash else _SET_LINE_RE.findall(output)
         names = [n for n in names if n.startswith(p) and _NAME_RE.fullmatch(n) and not n.startswith("__lxck")]
-        if word.brace:
-            return _unique(f"${{{n}}}" for n in names)
-        return _unique(f"${n}" for n in names)
-    if word.kind is Kind.COMMAND:
-        names = []
-        for line in lines:
-            line = line.strip()
-            if not bash and "=" in line:
-                line = line.split("=", 1)[0]  # ash's `alias` prints `ll='ls -l'`
-            names.append(line)
-        if not bash:
-            names += ASH_BUILTINS
-        names = [n for n in names if n and n.startswith(p) and not n.startswith("__lxck")]
-        return _unique(escape(n) for n in names)
-    if word.kind is Kind.FILE:
-        names = [line for line in lines if line and line.startswith(p)]
-        return _unique((escape(n[:-1]) + "/") if n.endswith("/") else escape(n) for n in names)
-    return []
+        shown = (f"${{{n}}}" if word.brace else f"${n}" for n in names)
+        return _unique(Match(s, "variable") for s in shown)
+    if word.kind is Kind.USER:
+        names = [line[1:] for line in lines if line.startswith("c") and line[1:].startswith(p)]
+        return _unique(Match(f"~{escape(n)}/", "directory") for n in names if n)
+    if word.kind is Kind.ARGUMENT and nonce:
+        if nonce not in lines:
+            return []
+        lines = lines[len(lines) - lines[::-1].index(nonce) :]
+    options = set()
+    matches: list[Match] = []
+    for line in lines:
+        if not line:
+            continue
+        tag, text = line[0], line[1:]
+        if tag == "o":
+            options = set(text.split())
+            continue
+        if not bash and word.kind is Kind.COMMAND and "=" in line:
+            tag, text = "c", line.split("=", 1)[0]  # ash's `alias` prints `ll='ls -l'`
+        elif tag == "x" and text[:1] in ("f", "d"):
+            if text[0] == "f" and options & {"dirnames", "plusdirs"} and not options & {"default", "bashdefault"}:
+                continue
+            tag, text = text[0], text[1:]
+        if tag not in _TYPES or not text or text.startswith("__lxck"):
+            continue
+        if tag == "w":
+            # A spec's words go in as they are (readline quotes only `-o filenames` matches), without the
+            # trailing space some functions add (git's): frontends add nothing after a match either.
+            if text.strip():
+                matches.append(Match(text.rstrip(" "), "command"))
+            continue
+        if word.kind in (Kind.COMMAND, Kind.ARGUMENT) and tag in "cu" and not text.startswith(p):
+            continue
+        if tag in "fd" and "noquote" not in options:
+            matches.append(Match(quote_name(text, word.quote, directory=tag == "d"), _TYPES[tag]))
+        elif tag in "fd":
+            matches.append(Match(text + ("/" if tag == "d" and not text.endswith("/") else ""), _TYPES[tag]))
+        else:
+            matches.append(Match(escape(text), _TYPES[tag]))
+    if word.kind is Kind.COMMAND and not bash:
+        matches += [Match(n, "command") for n in ASH_BUILTINS if n.startswith(p)]
+        matches += [Match(n, "function") for n in functions if n.startswith(p)]
+    return _unique(matches, keep_order="nosort" in options)
+
+
+def quote_name(name: str, quote: str, *, directory: bool = False) -> str:
+    """A file name as it goes after the cursor's word start: backslash-escaped outside quotes; inside an
+    open quote as the quote needs it, and closed after a file (not a directory: more may follow)."""
+    slash = "/" if directory and not name.endswith("/") else ""
+    if quote == "'":
+        return name.replace("'", "'\\''") + slash + ("" if directory else "'")
+    if quote == '"':
+        return re.sub(r'([\\$`"])', r"\\\1", name) + slash + ("" if directory else '"')
+    return escape(name) + slash
 
 
 def escape(name: str) -> str:
@@ -185,16 +577,23 @@ def escape(name: str) -> str:
     return _NEEDS_ESCAPE.sub(r"\\\1", name)
 
 
-def _unique(items: Iterable[str]) -> list[str]:
-    return sorted(set(items))[:MAX_MATCHES]
+def _unique(items: Iterable[Match], keep_order: bool = False) -> list[Match]:
+    """One match per text (the first type wins: a function over the same name as a command), sorted
+    as readline sorts unless the spec said ``-o nosort``."""
+    seen: dict[str, Match] = {}
+    for m in items:
+        if m.text not in seen or (m.type == "function" and seen[m.text].type == "command"):
+            seen[m.text] = m
+    ordered = list(seen.values()) if keep_order else sorted(seen.values(), key=lambda m: m.text)
+    return ordered[:MAX_MATCHES]
 
 
-def complete_names(word: Word, names: Iterable[str]) -> list[str]:
+def complete_names(word: Word, names: Iterable[str]) -> list[Match]:
     """Matches for a word from a fixed list (magic names, subcommands, container names)."""
     p = word.prefix
     if word.kind is Kind.MAGIC:
-        return _unique(f"%{n}" for n in names if n.startswith(p))
-    return _unique(n for n in names if n.startswith(p))
+        return _unique(Match(f"%{n}", "magic") for n in names if n.startswith(p))
+    return _unique(Match(n, "magic") for n in names if n.startswith(p))
 
 
 def magic_arg_choices(

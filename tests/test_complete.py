@@ -1,29 +1,38 @@
-"""Pure unit tests: the word at the cursor, candidate parsing, the is_complete classifier."""
+"""Pure unit tests: the word at the cursor (readline's rules, checked against bash 5.2 with a real terminal),
+what a completion function is called with, candidate parsing and quoting, the is_complete classifier."""
 
 from __future__ import annotations
 
 import pytest
 
-from lxc_kernel.assist import inspect_word
+from lxc_kernel.assist import _helper_batches, inspect_word, is_program, shell_version
 from lxc_kernel.complete import (
+    BASH_HELPERS,
     Completeness,
     Kind,
+    Match,
+    argument_script,
     classify,
     complete_names,
+    dequote,
     escape,
+    function_names,
     is_complete,
     magic_arg_choices,
     parse_candidates,
+    quote_name,
     word_at,
 )
+from lxc_kernel.protocol import Handshake, frame_query
+from lxc_kernel.session import INLINE_LIMIT
 
 
 @pytest.mark.parametrize(
     ("code", "text", "kind"),
     [
         ("ec", "ec", Kind.COMMAND),
-        ("ls /et", "/et", Kind.FILE),
-        ("cat fo", "fo", Kind.FILE),
+        ("ls /et", "/et", Kind.ARGUMENT),
+        ("cat fo", "fo", Kind.ARGUMENT),
         ("echo $HO", "$HO", Kind.VARIABLE),
         ("echo ${HO", "${HO", Kind.VARIABLE),
         ('echo "$HO', "$HO", Kind.VARIABLE),
@@ -34,10 +43,15 @@ from lxc_kernel.complete import (
         ("FOO=1 gr", "gr", Kind.COMMAND),
         ("echo $(ec", "ec", Kind.COMMAND),
         ("./scr", "./scr", Kind.FILE),
-        ("cat my\\ fi", "my\\ fi", Kind.FILE),
+        ("cat my\\ fi", "my\\ fi", Kind.ARGUMENT),
         ("%lx", "%lx", Kind.MAGIC),
         ("%lxc sta", "sta", Kind.MAGIC_ARG),
-        ("echo hi\nls /u", "/u", Kind.FILE),
+        ("echo hi\nls /u", "/u", Kind.ARGUMENT),
+        ("FOO=/us", "/us", Kind.FILE),
+        ("~ro", "~ro", Kind.USER),
+        ("x=$(gre", "gre", Kind.COMMAND),
+        ("ls 2>&1 | gr", "gr", Kind.COMMAND),
+        ("{ ec", "ec", Kind.COMMAND),
     ],
 )
 def test_word_at(code: str, text: str, kind: Kind) -> None:
@@ -57,38 +71,168 @@ def test_unicode_cursor_counts_code_points() -> None:
     assert (word.start, word.text) == (len(code) - 2, "ec")
 
 
+def texts(matches: list[Match]) -> list[str]:
+    return [m.text for m in matches]
+
+
+@pytest.mark.parametrize(
+    ("code", "pos", "words", "cword", "line", "point", "cur", "prev"),
+    [
+        # What bash 5.2 gave a `complete -F` function, pressing Tab in a terminal (pexpect, `declare -p`).
+        ("tt --foo=", None, ("tt", "--foo", "="), 2, "tt --foo=", 9, "", "--foo"),
+        ("tt --foo=ba", None, ("tt", "--foo", "=", "ba"), 3, "tt --foo=ba", 11, "ba", "="),
+        ("tt host:/pa", None, ("tt", "host", ":", "/pa"), 3, "tt host:/pa", 11, "/pa", ":"),
+        ("tt 'my fi", None, ("tt", "'my fi"), 1, "tt 'my fi", 9, "my fi", "tt"),
+        ('tt "my fi', None, ("tt", '"my fi'), 1, 'tt "my fi', 9, "my fi", "tt"),
+        ("tt my\\ fi", None, ("tt", "my\\ fi"), 1, "tt my\\ fi", 9, "my\\ fi", "tt"),
+        ("tt a b ", None, ("tt", "a", "b", ""), 3, "tt a b ", 7, "", "b"),
+        ("ls; tt x y", None, ("tt", "x", "y"), 2, "tt x y", 6, "y", "x"),
+        ("tt a::b", None, ("tt", "a", "::", "b"), 3, "tt a::b", 7, "b", "::"),
+        ("tt x >fi", None, ("tt", "x", ">", "fi"), 3, "tt x >fi", 8, "fi", ">"),
+        ("FOO=1 tt x", None, ("tt", "x"), 1, "tt x", 4, "x", "tt"),
+        ("tt 'a b'c", None, ("tt", "'a b'c"), 1, "tt 'a b'c", 9, "'a b'c", "tt"),
+        ("tt ab cd; ls -l", 5, ("tt", "ab", "cd"), 1, "tt ab cd", 5, "ab", "tt"),
+        ("tt ab cd | wc", 5, ("tt", "ab", "cd"), 1, "tt ab cd ", 5, "ab", "tt"),
+        ("tt ab=cd", 6, ("tt", "ab", "=", "cd"), 3, "tt ab=cd", 6, "", "="),
+        # Better than bash 5.2, which looks up a spec for `if` or `time` here.
+        ("if tt x", None, ("tt", "x"), 1, "tt x", 4, "x", "tt"),
+    ],
+)
+def test_what_a_completion_function_gets(
+    code: str, pos: int | None, words: tuple[str, ...], cword: int, line: str, point: int, cur: str, prev: str
+) -> None:
+    word = word_at(code, len(code) if pos is None else pos)
+    assert word.kind is Kind.ARGUMENT and word.comp is not None
+    c = word.comp
+    assert (c.words, c.cword, c.line, c.point, c.cur, c.prev) == (words, cword, line, point, cur, prev)
+    assert c.command == "tt"
+    assert word.text == cur  # readline's word is what a match replaces
+
+
+@pytest.mark.parametrize(
+    ("code", "start", "prefix", "quote"),
+    [
+        ("ls --file=/et", 10, "/et", ""),  # after `=`
+        ("dd if=/dev/nu", 6, "/dev/nu", ""),
+        ("scp host:/pa", 9, "/pa", ""),  # after `:`
+        ("cat my\\ fi", 4, "my fi", ""),  # an escaped blank is part of the word
+        ("cat 'my fi", 5, "my fi", "'"),  # inside an open quote: after it
+        ('cat "my \\$fi', 5, "my $fi", '"'),
+        ("cat 'a b'c", 4, "a bc", ""),  # closed quotes stay in the word
+        ("echo \"$HO", 6, "HO", '"'),
+    ],
+)
+def test_cursor_start_like_readline(code: str, start: int, prefix: str, quote: str) -> None:
+    word = word_at(code, len(code))
+    assert (word.start, word.prefix, word.quote) == (start, prefix, quote)
+
+
+def test_after_keyword_a_command_name_fits() -> None:
+    assert word_at("sudo gi", 7).after_keyword
+    assert not word_at("sudo git chec", 13).after_keyword
+    assert not word_at("cat gi", 6).after_keyword
+
+
+def test_dequote() -> None:
+    assert dequote("a\\ b") == "a b"
+    assert dequote("'a b'c") == "a bc"
+    assert dequote('"a\\$b"') == "a$b"
+    assert dequote("'x") == "x"
+
+
 def test_variables_bash_and_ash() -> None:
     word = word_at("echo $HO", 8)
-    assert parse_candidates(word, "HOME\nHOSTNAME\n", bash=True) == ["$HOME", "$HOSTNAME"]
+    assert parse_candidates(word, "HOME\nHOSTNAME\n", bash=True) == [
+        Match("$HOME", "variable"), Match("$HOSTNAME", "variable")
+    ]
     ash_set = "HOME='/root'\nHOSTNAME='c1'\nPATH='/bin'\nMULTI='a\nHOX b'\n__lxck_x=''\n"
-    assert parse_candidates(word, ash_set, bash=False) == ["$HOME", "$HOSTNAME"]
+    assert texts(parse_candidates(word, ash_set, bash=False)) == ["$HOME", "$HOSTNAME"]
     brace = word_at("echo ${HO", 9)
-    assert parse_candidates(brace, "HOME\n", bash=True) == ["${HOME}"]
+    assert texts(parse_candidates(brace, "HOME\n", bash=True)) == ["${HOME}"]
 
 
-def test_commands_ash_adds_builtins_and_aliases() -> None:
+def test_commands_are_typed_and_functions_win() -> None:
     word = word_at("ec", 2)
-    assert parse_candidates(word, "ecx='ls'\n", bash=False) == ["echo", "ecx"]
-    assert parse_candidates(word, "echo\necho\necx\n", bash=True) == ["echo", "ecx"]
+    assert parse_candidates(word, "ecx='ls'\n", bash=False) == [Match("echo", "command"), Match("ecx", "command")]
+    out = "uecfn\ncecho\ncecho\ncecfn\nu__lxck_pre\n"
+    assert parse_candidates(word, out, bash=True) == [Match("ecfn", "function"), Match("echo", "command")]
+    # ash cannot list functions: those the cell defines are offered.
+    assert Match("ecfun", "function") in parse_candidates(word, "", bash=False, functions=["ecfun", "other"])
+
+
+def test_first_word_falls_back_to_files() -> None:
+    word = word_at("alp", 3)
+    assert parse_candidates(word, "falpha.txt\ndalpine\n", bash=True) == [
+        Match("alpha.txt", "file"), Match("alpine/", "directory")
+    ]
 
 
 def test_files_are_escaped_and_directories_marked() -> None:
     word = word_at("ls a", 4)
-    assert parse_candidates(word, "a file\nabc/\nb\n", bash=True) == ["a\\ file", "abc/"]
+    assert texts(parse_candidates(word, "fa file\ndabc\nxfb\n", bash=True)) == ["a\\ file", "abc/", "b"]
     assert escape("it's $x") == "it\\'s\\ \\$x"
     assert escape("~/a b") == "~/a\\ b"
+    assert escape("a:b=c") == "a\\:b\\=c"  # readline quotes COMP_WORDBREAKS characters in file names
+
+
+def test_quoting_inside_an_open_quote() -> None:
+    assert quote_name("it's", "'") == "it'\\''s'"
+    assert quote_name('a "b" $c', '"') == 'a \\"b\\" \\$c"'
+    assert quote_name("dir", "'", directory=True) == "dir/"  # not closed: the path goes on
+    word = word_at("cat 'a f", 8)
+    assert texts(parse_candidates(word, "fa file\n", bash=True)) == ["a file'"]
+
+
+def test_programmable_output() -> None:
+    word = word_at("git chec", 8)
+    out = "noise from the function\nN0NCE\no nospace bashdefault default \nwcheckout \nwcherry-pick \n"
+    assert parse_candidates(word, out, bash=True, nonce="N0NCE") == [
+        Match("checkout", "command"), Match("cherry-pick", "command")
+    ]
+    assert parse_candidates(word, "wcheckout\n", bash=True, nonce="N0NCE") == []  # no nonce: the helper is gone
+    # -o filenames: files quoted and typed; fallbacks of -o dirnames keep directories only.
+    word = word_at("cd a", 4)
+    out = "N0NCE\no filenames \nda dir\nfa file\n"
+    assert parse_candidates(word, out, bash=True, nonce="N0NCE") == [
+        Match("a\\ dir/", "directory"), Match("a\\ file", "file")
+    ]
+    out = "N0NCE\no dirnames \nxda dir\nxfa file\n"
+    assert texts(parse_candidates(word, out, bash=True, nonce="N0NCE")) == ["a\\ dir/"]
+    out = "N0NCE\no nosort \nwzz\nwaa\n"
+    assert texts(parse_candidates(word, out, bash=True, nonce="N0NCE")) == ["zz", "aa"]
+
+
+def test_function_names() -> None:
+    code = "greet() { echo hi; }\nfunction bye { :; }\nx=1; two_words () { :; }"
+    assert function_names(code) == ["bye", "greet", "two_words"]
+
+
+def test_every_query_fits_one_line() -> None:
+    """The helpers and a completion's query travel as one typed line (busybox keeps 1024 bytes)."""
+    for batch in _helper_batches():
+        assert len(frame_query(batch, "0" * 16)) <= INLINE_LIMIT
+    assert sum(batch.count("__lxck_") for batch in _helper_batches()) >= len(BASH_HELPERS)
+    word = word_at("git log --pretty=on", 19)
+    assert len(frame_query(argument_script(word, "0" * 16), "0" * 16)) <= INLINE_LIMIT
 
 
 def test_magic_names_and_arguments() -> None:
-    assert complete_names(word_at("%lx", 3), ["lxc", "lsmagic", "help"]) == ["%lxc"]
+    assert complete_names(word_at("%lx", 3), ["lxc", "lsmagic", "help"]) == [Match("%lxc", "magic")]
     subs = {"lxc": ("start", "status", "stop", "list")}
     takes = {"lxc": {"start", "stop"}, "attach": set()}
     choices, containers = magic_arg_choices(word_at("%lxc sta", 8), subs, takes)
-    assert complete_names(word_at("%lxc sta", 8), choices) == ["start", "status"]
+    assert texts(complete_names(word_at("%lxc sta", 8), choices)) == ["start", "status"]
     assert not containers
     choices, containers = magic_arg_choices(word_at("%lxc start lx", 13), subs, takes)
     assert containers and choices == []
     assert magic_arg_choices(word_at("%lxc list x", 11), subs, takes) == ([], False)
+
+
+def test_shell_version_and_programs() -> None:
+    assert shell_version(Handshake("5.2.15(1)-release", 1, "")) == "5.2.15"
+    assert shell_version(Handshake("", 1, "")) == "sh"
+    assert is_program("ls", "ls is /usr/bin/ls") and is_program("ls", "ls is hashed (/usr/bin/ls)")
+    assert not is_program("cd", "cd is a shell builtin")
 
 
 @pytest.mark.parametrize(

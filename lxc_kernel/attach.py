@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
 from .lxc import Tools, validate_name, validate_path
+from .spawn import TOOL_ENV
 from .transport import Capabilities, PtyChannel, Transport, child_pid
 
 # The shell when none is configured: bash if the container has it, else /bin/sh (busybox ash).
@@ -89,6 +90,15 @@ class AttachOptions:
         parse_flags(self.elevated, ELEVATED, "privilege")
         if not re.fullmatch(r"[A-Za-z0-9.+_-]{1,64}", self.term):
             raise ConfigError(f"invalid TERM {self.term!r}")
+        if self.tools.sudo and self.passed_env():
+            # sudo's env_reset drops the variables lxc-attach would keep, and `sudo --preserve-env=NAMES`
+            # works only where sudoers grants SETENV for the command; the other way in is argv, where
+            # every user of the host reads it (`ps`). Refused rather than leaked.
+            raise ConfigError(
+                "env and keep_env cannot be used with sudo: the values would have to be on the host's "
+                "command line, where every user can read them (sudo drops them from the environment). "
+                "Put them in a file in the container and source it in a cell instead"
+            )
 
     def with_(self, **changes: object) -> AttachOptions:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -117,14 +127,26 @@ class AttachOptions:
         env.update(self.env)
         return env
 
+    def passed_env(self) -> dict[str, str]:
+        """The variables given with ``env``/``keep_env``. Their values may be secrets, and every user of
+        the host can read a command line (``ps``), so they reach lxc-attach through its environment,
+        which only root and the kernel's user can read (``/proc/PID/environ``), and its argv names them
+        (``--keep-var``). PATH stays on argv: the spawn environment's PATH is what finds lxc-attach."""
+        return {key: value for key, value in self.env if key != "PATH"}
+
     def argv(self, command: Sequence[str]) -> list[str]:
-        """The lxc-attach argv that runs ``command`` (an argv inside the container)."""
+        """The lxc-attach argv that runs ``command`` (an argv inside the container). Run it with
+        :meth:`spawn_env` as its environment, or the ``env`` values stay out of the shell."""
         argv = self.tools.argv("lxc-attach", "-n", self.container, log=True)
-        # --clear-env, and the kernel also spawns lxc-attach with an empty environment: the
+        # --clear-env, and the kernel also spawns lxc-attach with an environment of its own making: the
         # connection file, Jupyter's variables and any secret of the host stay out either way.
         argv.append("--clear-env")
+        passed = self.passed_env()
         for key, value in self.environment().items():
-            argv += ["-v", f"{key}={value}"]
+            if key not in passed:
+                argv += ["-v", f"{key}={value}"]
+        for key in passed:
+            argv += ["--keep-var", key]
         if self.uid is not None:
             # -u alone leaves gid 0 (LXC-FACTS): always pass both.
             argv += ["-u", str(self.uid), "-g", str(self.gid if self.gid is not None else self.uid)]
@@ -146,6 +168,10 @@ class AttachOptions:
 
     def shell_argv(self) -> list[str]:
         return self.argv(self.shell_command())
+
+    def spawn_env(self) -> dict[str, str]:
+        """The environment of the lxc-attach processes: the tools' PATH, and the passed variables."""
+        return {**TOOL_ENV, **self.passed_env()}
 
 
 def env_pairs(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -178,6 +204,9 @@ class LxcAttachTransport(Transport):
 
     def pipe_argv(self, argv: Sequence[str]) -> list[str]:
         return self.options.argv(argv)
+
+    def spawn_env(self) -> dict[str, str]:
+        return self.options.spawn_env()
 
     def shell_host_pid(self, channel: PtyChannel) -> int | None:
         return child_pid(channel.pid) if self.capabilities.host_pids else None

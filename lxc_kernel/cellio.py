@@ -22,8 +22,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .budget import OutputBudget
-from .display import ENV_VAR, HELPER_NAME, DisplayFrame, DisplayParser, bundle, new_display_token
+from .budget import OutputBudget, SpillDir, human
+from .display import (
+    ENV_VAR,
+    HELPER_NAME,
+    MAX_FRAME,
+    DisplayFrame,
+    DisplayParser,
+    OversizeFrame,
+    bundle,
+    new_display_token,
+)
 from .session import RunHooks, ShellSession
 from .stdin import Waiter
 
@@ -90,8 +99,9 @@ class CellIO(RunHooks):
         emit_display: EmitDisplay,
         ask: Ask | None,
         budget: int,
-        spill_dir: str | None = None,
+        spill: SpillDir | None = None,
         display_ids: set[str] | None = None,
+        display: str = "all",
     ) -> None:
         self.session = session
         self.emit_display = emit_display
@@ -99,7 +109,9 @@ class CellIO(RunHooks):
         self.allow_stdin = ask is not None
         self.token = new_display_token()
         self.display = DisplayParser(self.token)
-        self.budget = OutputBudget(emit_stream, budget, spill_dir=spill_dir)
+        self.policy = display  # all, safe or off (display.POLICIES)
+        self.displays_off = 0  # frames not shown because the policy is off
+        self.budget = OutputBudget(emit_stream, budget, spill=spill)
         self.display_ids = display_ids if display_ids is not None else set()
         self.waiting: tuple[Waiter, str] | None = None  # a command waited but stdin is not allowed
         self.inputs = 0
@@ -124,12 +136,33 @@ class CellIO(RunHooks):
         if stream != "stdout":
             self._text(stream, text)
             return
+        self.display.cap = self._frame_cap()
         for item in self.display.feed(text):
             if isinstance(item, DisplayFrame):
                 self._flush_pending()
                 self._show(item)
+            elif isinstance(item, OversizeFrame):
+                self._flush_pending()
+                self._oversize(item)
             else:
                 self._text("stdout", item)
+
+    def _frame_cap(self) -> int:
+        """How much of a frame that starts now is kept: nothing when display is off, else what the budget
+        has left (frames count against it), at most MAX_FRAME."""
+        if self.policy == "off":
+            return 0
+        room = self.budget.room()
+        return MAX_FRAME if room is None else min(MAX_FRAME, room)
+
+    def _oversize(self, frame: OversizeFrame) -> None:
+        if self.policy == "off":
+            self.displays_off += 1
+        elif frame.cap >= MAX_FRAME:
+            self.budget.add("stderr", f"{HELPER_NAME}: {frame.mime} output of {human(frame.size)} is over the "
+                                      f"{human(MAX_FRAME)} limit for one display output; nothing shown\n")
+        else:
+            self.budget.drop(frame.size)
 
     def _text(self, stream: str, text: str) -> None:
         if stream == "stdout" and self._echo:
@@ -168,9 +201,17 @@ class CellIO(RunHooks):
             self.budget.add(stream, self._pending.pop(stream))
 
     def _show(self, frame: DisplayFrame) -> None:
-        data, error = bundle(frame)
-        if error:
-            self.budget.add("stderr", error + "\n")
+        if self.policy == "off":
+            self.displays_off += 1
+            return
+        data, message = bundle(frame, self.policy)
+        if message:
+            self.budget.add("stderr", message + "\n")
+        if not data:
+            return
+        # What the frontend receives counts (images go as base64: a third more than the file).
+        size = sum(len(v) if isinstance(v, str) else len(frame.payload) for v in data.values())
+        if not self.budget.take(size):
             return
         content: dict[str, Any] = {"data": data, "metadata": {}, "transient": {}}
         msg_type = "display_data"
@@ -192,6 +233,10 @@ class CellIO(RunHooks):
         for error in self.display.errors:
             self.budget.add("stderr", error + "\n")
         self._flush_pending()
+        if self.displays_off:
+            outputs = "output" if self.displays_off == 1 else "outputs"
+            self.budget.add("stderr", f"[lxc-kernel: {self.displays_off} display {outputs} not shown: "
+                                      "rich display is off in this kernel (display=off)]\n")
         self.budget.finish()
         if self._shell_read_interrupted and self.session.alive:
             drain_read_buffer(self.session)

@@ -1,23 +1,40 @@
-"""Per-kernel throwaway overlay copies (``--ephemeral BASE``): naming, creation, and cleanup of orphans.
+"""Per-kernel throwaway overlay copies (``--ephemeral BASE``): naming, creation, locks, and cleanup of orphans.
 
 Each kernel gets ``BASE-eph-<kernel pid>-<random>``, an ``lxc-copy -e`` overlay copy that LXC destroys
-when it stops. The kernel stops it at shutdown and restart. A SIGKILLed kernel cannot, so every kernel
-that starts in ephemeral mode first removes copies of BASE whose kernel PID is no longer an lxc-kernel.
+when it stops. The kernel stops it at shutdown and restart. A killed kernel cannot: its watchdog
+(watchdog.py) removes the copy within seconds, and every kernel that starts in ephemeral mode also
+removes copies of BASE whose kernel is gone.
+
+Whether a copy's kernel lives is told by a lock, not by a command line (any process can call itself
+``lxc_kernel``): before making a copy the kernel creates ``<copy>.lock`` in its private runtime
+directory and holds an ``flock`` on it for as long as it runs. The kernel's death releases the lock,
+so whoever gets it may remove the copy. The lock file also records how to reach the copy (lxcpath,
+sudo) for the watchdog.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
 import secrets
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .bounded import KiB, read_capped
+import psutil
+
+from . import hostdirs
 from .errors import ConfigError, LxcCommandError, LxcKernelError
 from .lxc import Container, State, Tools, list_names, validate_name
 
 SEPARATOR = "-eph-"
-_CMDLINE_LIMIT = 16 * KiB
+LOCK_SUFFIX = ".lock"
+_LOCK_RECORD_LIMIT = 4096
+_ANY_COPY_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)" + re.escape(SEPARATOR) + r"(\d+)-([0-9a-f]{6})")
 
 
 @dataclass(frozen=True)
@@ -45,26 +62,147 @@ def parse_name(base: str, name: str) -> CopyName | None:
     return CopyName(base, int(m.group(1)), m.group(2)) if m else None
 
 
-def kernel_alive(pid: int) -> bool:
-    """True if ``pid`` is a running lxc-kernel: a PID that was reused by another program counts as dead."""
-    # A prefix is enough: "-m lxc_kernel" comes right after the interpreter, and the PID came from a
-    # container name, so whatever runs under it now may have a command line of megabytes.
-    cmdline = read_capped(f"/proc/{pid}/cmdline", _CMDLINE_LIMIT)
-    return cmdline is not None and b"lxc_kernel" in cmdline
+def parse_any(name: str) -> CopyName | None:
+    """Pure: the parts of a copy name of any base."""
+    m = _ANY_COPY_RE.fullmatch(name)
+    return CopyName(m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
+# -- locks ------------------------------------------------------------------------------------------
+
+
+def lock_dir() -> str:
+    """Where this user's kernels keep their copy locks: the same for every kernel of the user, private."""
+    if os.geteuid() == 0 and os.path.isdir("/run"):
+        return "/run/lxc-kernel"
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/") and os.path.isdir(runtime):
+        return os.path.join(runtime, "lxc-kernel")
+    return os.path.join(tempfile.gettempdir(), f"lxc-kernel-{os.geteuid()}")
+
+
+def open_lock_dir() -> int:
+    """A checked descriptor of :func:`lock_dir` (made 0700 if missing; refused if someone else's)."""
+    try:
+        return hostdirs.ensure_private(lock_dir(), "the ephemeral copies' lock directory")
+    except ConfigError as exc:
+        raise ConfigError(f"cannot keep this kernel's ephemeral copy safe: {exc}") from None
+
+
+class CopyLock:
+    """The live kernel's hold on its copy: an flock on ``<copy>.lock``, released by its death."""
+
+    def __init__(self, name: str, dir_fd: int, fd: int) -> None:
+        self.name, self._dir_fd, self._fd = name, dir_fd, fd
+
+    @classmethod
+    def acquire(cls, name: str, tools: Tools) -> CopyLock:
+        dir_fd = open_lock_dir()
+        try:
+            # O_CLOEXEC: a helper the kernel runs must not inherit the lock and keep it after the kernel dies.
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name + LOCK_SUFFIX, flags, 0o600, dir_fd=dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        record = {"copy": name, "lxcpath": tools.lxcpath, "sudo": tools.sudo, "kernel": os.getpid()}
+        os.write(fd, json.dumps(record).encode())
+        return cls(name, dir_fd, fd)
+
+    def release(self) -> None:
+        """The copy is gone: remove the lock file, then let go of it."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.name + LOCK_SUFFIX, dir_fd=self._dir_fd)
+        os.close(self._fd)
+        os.close(self._dir_fd)
+        self._fd = -1
+
+
+_HELD: dict[str, CopyLock] = {}  # this kernel's copies and their locks
+
+
+def _try_lock(dir_fd: int, name: str, wait: float = 0.0) -> int | None:
+    """A locked descriptor of ``name``'s lock file if no live kernel holds it (waiting up to ``wait``
+    seconds), else None. FileNotFoundError when there is no lock file."""
+    fd = os.open(name + LOCK_SUFFIX, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
+
+def read_record(fd: int) -> Tools:
+    """How to reach the copy whose lock ``fd`` is (written by :meth:`CopyLock.acquire`)."""
+    try:
+        record = json.loads(os.pread(fd, _LOCK_RECORD_LIMIT, 0) or b"{}")
+        lxcpath = record.get("lxcpath")
+        return Tools(lxcpath=lxcpath if isinstance(lxcpath, str) and lxcpath else None, sudo=record.get("sudo") is True)
+    except (ValueError, AttributeError):
+        return Tools()
+
+
+@contextlib.contextmanager
+def orphan_lock(dir_fd: int, name: str, wait: float = 0.0) -> Iterator[int | None]:
+    """Yields a held lock descriptor if ``name`` is an orphan (its lock is free), None if its kernel lives,
+    -1 if it has no lock file. Whoever holds the lock removes the copy, then the lock file."""
+    try:
+        fd = _try_lock(dir_fd, name, wait)
+    except FileNotFoundError:
+        yield -1
+        return
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name + LOCK_SUFFIX, dir_fd=dir_fd)
+            os.close(fd)
 
 
 def orphans(base: str, names: list[str]) -> list[str]:
-    """Copies of ``base`` among ``names`` whose owning kernel is gone."""
+    """Copies of ``base`` among ``names`` whose owning kernel is gone (their lock is free). A copy without
+    a lock file (one made by another user's kernel, or before locks) is an orphan only when no process
+    has its PID at all: never remove what may be a live kernel's."""
+    dir_fd = open_lock_dir()
     found = []
-    for name in names:
-        parsed = parse_name(base, name)
-        if parsed is not None and parsed.pid != os.getpid() and not kernel_alive(parsed.pid):
-            found.append(name)
+    try:
+        for name in names:
+            parsed = parse_name(base, name)
+            if parsed is None or name in _HELD:
+                continue
+            try:
+                fd = _try_lock(dir_fd, name)
+            except FileNotFoundError:
+                if not psutil.pid_exists(parsed.pid):
+                    found.append(name)
+                continue
+            if fd is not None:
+                os.close(fd)
+                found.append(name)
+    finally:
+        os.close(dir_fd)
     return found
 
 
 def remove(container: Container) -> None:
-    """Stop an ephemeral copy (LXC then destroys it); destroy it ourselves if it was not ephemeral after all."""
+    """Stop an ephemeral copy (LXC then destroys it); destroy it ourselves if it was not ephemeral after all.
+    A copy of this kernel's lets go of its lock once it is gone."""
+    _stop_and_destroy(container)
+    lock = _HELD.pop(container.name, None)
+    if lock is not None:
+        lock.release()
+
+
+def _stop_and_destroy(container: Container) -> None:
     state = container.state()
     if state is State.MISSING:
         return
@@ -82,14 +220,54 @@ def remove(container: Container) -> None:
 
 
 def cleanup_orphans(base: str, tools: Tools) -> list[str]:
-    """Remove the copies of ``base`` left behind by dead kernels; return their names."""
+    """Remove the copies of ``base`` left behind by dead kernels (and their stale lock files); return the
+    copies' names. Each is removed while holding its lock, so two kernels never race on one copy."""
     removed = []
-    for name in orphans(base, list_names(tools)):
-        try:
-            remove(Container(name, tools))
-            removed.append(name)
-        except LxcKernelError:
-            continue  # another kernel may be removing it at the same moment; the next start retries
+    names = list_names(tools)
+    dir_fd = open_lock_dir()
+    try:
+        for name in orphans(base, names):
+            with orphan_lock(dir_fd, name) as fd:
+                if fd is None:
+                    continue  # a kernel took it meanwhile (it cannot: but never remove a held copy)
+                try:
+                    _stop_and_destroy(Container(name, tools))
+                    removed.append(name)
+                except LxcKernelError:
+                    continue  # the next start retries
+        for entry in os.listdir(dir_fd):
+            name = entry[: -len(LOCK_SUFFIX)]
+            if entry.endswith(LOCK_SUFFIX) and parse_name(base, name) and name not in names and name not in _HELD:
+                with orphan_lock(dir_fd, name):
+                    pass  # a lock whose copy never came to be: removed if nobody holds it
+    finally:
+        os.close(dir_fd)
+    return removed
+
+
+def cleanup_kernel(pid: int, wait: float = 3.0) -> list[str]:
+    """The watchdog's job after kernel ``pid`` died: remove every copy that kernel held a lock for."""
+    removed = []
+    try:
+        dir_fd = open_lock_dir()
+    except ConfigError:
+        return removed
+    try:
+        for entry in sorted(os.listdir(dir_fd)):
+            name = entry[: -len(LOCK_SUFFIX)]
+            parsed = parse_any(name) if entry.endswith(LOCK_SUFFIX) else None
+            if parsed is None or parsed.pid != pid:
+                continue
+            with orphan_lock(dir_fd, name, wait) as fd:
+                if fd is None or fd < 0:
+                    continue
+                try:
+                    _stop_and_destroy(Container(name, read_record(fd)))
+                    removed.append(name)
+                except LxcKernelError:
+                    continue
+    finally:
+        os.close(dir_fd)
     return removed
 
 
@@ -99,4 +277,12 @@ def create(base: str, tools: Tools, timeout: float = 30.0) -> Container:
     state = source.state()
     if state is State.MISSING:
         raise ConfigError(f"ephemeral base {base!r} does not exist: create it first (`%lxc create {base}`)")
-    return source.ephemeral_copy(new_name(base), allow_running=state is not State.STOPPED, timeout=timeout)
+    name = new_name(base)
+    lock = CopyLock.acquire(name, tools)  # before the copy exists: there is never an unlocked live copy
+    try:
+        copy = source.ephemeral_copy(name, allow_running=state is not State.STOPPED, timeout=timeout)
+    except BaseException:
+        lock.release()
+        raise
+    _HELD[name] = lock
+    return copy

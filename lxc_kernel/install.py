@@ -23,9 +23,17 @@ def kernel_spec(
     traits: dict[str, Any] | None = None,
     interrupt_mode: str = "signal",
 ) -> dict[str, Any]:
-    """The kernel.json for one configuration; traits become ``--LXCKernel.name=value`` flags."""
+    """The kernel.json for one configuration; traits become ``--LXCKernel.name=value`` flags, except the
+    values of ``env``: every user of the host reads a command line (``ps``), so they go in kernel.json's
+    ``env`` (the kernel's environment, readable only by its user and root) and the kernel forwards them
+    to the shell by name (``keep_env``)."""
     argv = [python, "-m", "lxc_kernel", "-f", "{connection_file}"]
-    for name, value in (traits or {}).items():
+    traits = dict(traits or {})
+    spec_env: dict[str, str] = dict(traits.pop("env", None) or {})
+    if spec_env:
+        kept = list(traits.get("keep_env") or [])
+        traits["keep_env"] = kept + [name for name in spec_env if name not in kept]
+    for name, value in traits.items():
         if isinstance(value, dict):
             argv += [f"--LXCKernel.{name}={key}={val}" for key, val in value.items()]
         elif isinstance(value, list):
@@ -40,6 +48,7 @@ def kernel_spec(
         "language": LANGUAGE,
         "interrupt_mode": interrupt_mode,
         "metadata": {"debugger": False},
+        **({"env": spec_env} if spec_env else {}),
     }
 
 
@@ -107,6 +116,10 @@ def traits_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if not args.container and not args.ephemeral:
         raise ConfigError("--container is required (or --ephemeral BASE)")
     traits = {o.name: _flag_value(o, getattr(args, o.dest)) for o in OPTIONS if o.flag and _given(args, o)}
+    if "user" in traits and "display" not in traits:
+        # A spec that attaches as a named user serves people who should not own each other's browser:
+        # rich output is sanitized unless the installer asks for `--display all`.
+        traits["display"] = "safe"
     if "user" in traits and "magics" not in traits:
         # A spec that attaches as an unprivileged user is meant to keep cells away from the host:
         # under `all`, `%attach user root` or `%push /etc/shadow` would undo that in one line (issue 8).

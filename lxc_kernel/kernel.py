@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
-from . import __version__, ephemeral
+from . import __version__, ephemeral, watchdog
 from .assist import Assistant
 from .attach import ELEVATED, NAMESPACES, AttachOptions, LxcAttachTransport, env_pairs, parse_flags
-from .budget import DEFAULT_LIMIT, parse_size
+from .budget import DEFAULT_LIMIT, DEFAULT_SPILL_LIMIT, SpillDir, parse_size
 from .cellio import CellIO, restore_echo
 from .complete import is_complete
 from .display import HELPER_NAME, HELPER_SCRIPT
@@ -76,6 +76,9 @@ class LXCKernel(Kernel):
         self.shell_session: ShellSession | None = None
         self._options: AttachOptions | None = None
         self._ephemeral_copy: Container | None = None
+        self._spill: SpillDir | None = None  # made by the first cell that needs it
+        # Started before anything else: whatever the kernel starts from here on is cleaned up if it dies.
+        self._watchdog = watchdog.start()
         if self.ephemeral:
             self._cleanup_ephemeral_orphans()
 
@@ -466,6 +469,15 @@ class LXCKernel(Kernel):
             budget = DEFAULT_LIMIT
         if not hasattr(self, "_display_ids"):
             self._display_ids: set[str] = set()
+        if self._spill is None:
+            try:
+                limit = parse_size(self.spill_limit) or parse_size(DEFAULT_SPILL_LIMIT)
+            except ValueError:
+                limit = parse_size(DEFAULT_SPILL_LIMIT)
+            on_create = self._watchdog.spill_dir if self._watchdog is not None else None
+            self._spill = SpillDir(self.output_dir or None, limit, on_create=on_create)
+        if self._watchdog is not None:
+            self._watchdog.scan()  # the shell and its helpers are recorded before the cell can run long
         quiet = lambda *_: None  # noqa: E731
         return CellIO(
             session,
@@ -473,8 +485,9 @@ class LXCKernel(Kernel):
             emit_display=quiet if silent else self._emit_display,
             ask=self._ask if self._allow_stdin and not silent else None,
             budget=budget,
-            spill_dir=self.output_dir or None,
+            spill=self._spill,
             display_ids=self._display_ids,
+            display=self.display,
         )
 
     def _emit_display(self, msg_type: str, content: dict[str, Any]) -> None:
@@ -511,6 +524,11 @@ class LXCKernel(Kernel):
         self.fleet.close_all()  # every %%on shell, by PID; a %%on cell still running ends at once
         self.close_session()
         self._remove_ephemeral_copy()
+        if self._spill is not None:
+            self._spill.close()  # over-budget output files live as long as their kernel
+        if self._watchdog is not None:
+            self._watchdog.stop()  # everything is cleaned up: it leaves, and is reaped here
+            self._watchdog = None
         return {"status": "ok", "restart": restart}
 
 

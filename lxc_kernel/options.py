@@ -14,8 +14,10 @@ from typing import Any
 from traitlets import Bool, Dict, Float, List, TraitError, TraitType, Unicode, validate
 
 from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags, validate_env_name
-from .budget import parse_size
+from .budget import DEFAULT_SPILL_LIMIT, parse_size
+from .display import POLICIES as POLICIES_DISPLAY
 from .errors import ConfigError
+from .hostdirs import check_output_dir
 from .lxc import validate_name, validate_path
 from .policy import POLICIES
 from .provision import KINDS
@@ -286,6 +288,12 @@ def _whole(low: int, high: int) -> Validator:
     return run
 
 
+def _spill_limit(value: str) -> str:
+    if _size(value) and parse_size(value) == 0:
+        raise ConfigError("a kernel's saved output always has a limit (try 500M or 2G)")
+    return value
+
+
 def _one_of(allowed: Sequence[str]) -> Validator:
     def run(value: str) -> str:
         if value and value not in allowed:
@@ -394,8 +402,24 @@ OPTIONS: tuple[Option, ...] = (
         _size, flag="--output-limit", metavar="SIZE", magic="%output SIZE|off",
     ),
     Option(
-        "output_dir", Kind.STR, "", "where over-budget output is saved on the kernel's host",
-        doc_default="`$TMPDIR/lxc-kernel-output`",
+        "spill_limit", Kind.STR, DEFAULT_SPILL_LIMIT,
+        "the most over-budget output one kernel keeps in files on its host (`500M`, `2G`); past it the oldest "
+        "files are deleted. The files are removed when the kernel shuts down",
+        _spill_limit,
+    ),
+    Option(
+        "display", Kind.ENUM, "all",
+        "rich output from `jdisplay`: `all`; `safe`, only images, JSON, plain text, Markdown without HTML or "
+        "links, HTML cleaned of scripts, event handlers and `javascript:` URLs (by ammonia), and SVG as an "
+        "image that cannot run; `off`, none. Display output counts against the output budget",
+        choices=POLICIES_DISPLAY, flag="--display", metavar="all|safe|off",
+        doc_default="`all`; `safe` in a spec installed with `--attach-user`",
+    ),
+    Option(
+        "output_dir", Kind.STR, "", "where each kernel makes its private directory (0700) for over-budget output; "
+        "refused unless it is a real directory of the kernel's user that nobody else can write",
+        _unless_empty(check_output_dir),
+        doc_default="the system's temporary directory",
     ),
     Option(
         "max_fanout_sessions", Kind.FLOAT, 64.0,
@@ -418,8 +442,8 @@ OPTIONS: tuple[Option, ...] = (
         "ephemeral", Kind.STR, "",
         "each kernel runs in its own throwaway overlay copy of container BASE (`lxc-copy -e`), named "
         "`BASE-eph-<kernel pid>-<random>`, and `container` is ignored. The copy is destroyed when the kernel "
-        "shuts down or restarts; one left by a killed kernel is removed by the next kernel started with the "
-        "same BASE",
+        "shuts down or restarts, and by the kernel's watchdog within seconds when the kernel is killed (a copy "
+        "whose kernel and watchdog both died goes when the next kernel of the same BASE starts)",
         _unless_empty(lambda name: validate_name(name, "ephemeral base")), flag="--ephemeral", metavar="BASE",
         doc_default="off",
     ),

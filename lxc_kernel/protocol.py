@@ -204,10 +204,14 @@ def frame_remake_dir(token: str) -> bytes:
 
 # Session directories are named /tmp/.lxck.<shell pid>.<random>. A shell that ended without the
 # kernel's polite `rm -rf` (exit N, a stopped container, a killed kernel) leaves its directory behind,
-# so each new session removes those whose shell is gone. Other users' directories stay (sticky /tmp).
+# so each new session removes those whose shell is gone. Only the attached user's own directories are
+# touched (`[ -O ]`, owned by the effective uid): a PID that this shell cannot signal or see (another
+# PID namespace, `%attach namespaces`) is not proof that a shell is gone, and root's `rm -rf` ignores
+# the sticky bit, so a root shell removed other users' live session trees. Symlinks are left alone.
 SWEEP_STALE_DIRS = (
     'for d in /tmp/.lxck.*.*; do p=${d#/tmp/.lxck.}; p=${p%%.*};'
-    ' [ -d "$d" ] && ! kill -0 "$p" 2>/dev/null && rm -rf "$d"; done; unset d p; true'
+    ' [ ! -L "$d" ] && [ -d "$d" ] && [ -O "$d" ] && ! kill -0 "$p" 2>/dev/null && rm -rf "$d"; done;'
+    ' unset d p; true'
 )
 
 

@@ -36,15 +36,32 @@ def test_default_argv_clears_env_and_sets_curated_vars() -> None:
 def test_user_namespaces_elevated_lxcpath_sudo() -> None:
     opts = AttachOptions(
         "c1", tools=Tools(lxcpath="/srv/lxc", sudo=True), uid=1000, gid=50,
-        namespaces=("MOUNT", "PID"), elevated=("CAP",), remount_sys_proc=True, env=(("A", "1 2"),),
+        namespaces=("MOUNT", "PID"), elevated=("CAP",), remount_sys_proc=True,
     )
     argv = opts.argv(["id"])
     assert argv[:3] == ["sudo", "-n", "--"]
     assert argv[argv.index("-P") + 1] == "/srv/lxc"
     assert argv[argv.index("-u") + 1] == "1000" and argv[argv.index("-g") + 1] == "50"
     assert argv[argv.index("-s") + 1] == "MOUNT|PID" and "--elevated-privileges=CAP" in argv
-    assert "-R" in argv and "A=1 2" in argv
+    assert "-R" in argv
     assert len(opts.warnings) == 2
+
+
+def test_env_values_travel_in_the_environment_not_argv() -> None:
+    """Issue 8: `ps` shows every argv to every user; the values go in lxc-attach's environment, by name."""
+    opts = AttachOptions("c1", env=(("SECRET", "s3cr3t"), ("PATH", "/opt/bin:/bin")))
+    argv = opts.argv(["sh"])
+    assert not any("s3cr3t" in arg for arg in argv)
+    assert argv[argv.index("--keep-var") + 1] == "SECRET" and "--clear-env" in argv
+    assert "PATH=/opt/bin:/bin" in argv  # PATH stays: the spawn environment's PATH finds lxc-attach
+    env = opts.spawn_env()
+    assert env["SECRET"] == "s3cr3t" and env["PATH"] != "/opt/bin:/bin"
+    assert set(env) == {"PATH", "LC_ALL", "SECRET"}  # nothing else of the kernel's environment
+
+
+def test_env_with_sudo_is_refused_rather_than_leaked() -> None:
+    with pytest.raises(ConfigError, match="cannot be used with sudo"):
+        AttachOptions("c1", tools=Tools(sudo=True), env=(("A", "1"),))
 
 
 def test_uid_alone_passes_gid_too() -> None:

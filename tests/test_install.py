@@ -27,11 +27,12 @@ def test_writes_a_kernelspec_with_options(tmp_path: Path) -> None:
     assert spec["argv"][0] == sys.executable and spec["argv"][1:4] == ["-m", "lxc_kernel", "-f"]
     assert spec["language"] == "bash" and spec["interrupt_mode"] == "message"
     for flag in [
-        "--LXCKernel.container=web-1", "--LXCKernel.user=student", "--LXCKernel.env=A=1 2",
+        "--LXCKernel.container=web-1", "--LXCKernel.user=student", "--LXCKernel.keep_env=A",
         "--LXCKernel.keep_env=HTTP_PROXY", "--LXCKernel.cwd=/srv", "--LXCKernel.stderr=merged",
         "--LXCKernel.colors=True", "--LXCKernel.cell_timeout=30.0",
     ]:
         assert flag in spec["argv"]
+    assert spec["env"] == {"A": "1 2"}  # an --env value never goes on the kernel's command line (issue 8)
 
 
 @pytest.mark.parametrize(
@@ -78,4 +79,7 @@ def test_default_kernelspec_is_registered_by_pip_install() -> None:
 
 def test_kernel_spec_dict() -> None:
     spec = kernel_spec(display_name="X", traits={"container": "c", "env": {"A": "1"}, "sudo": True})
-    assert "--LXCKernel.env=A=1" in spec["argv"] and "--LXCKernel.sudo=True" in spec["argv"]
+    assert "--LXCKernel.sudo=True" in spec["argv"]
+    # env values stay off the kernel's command line (issue 8): kernel.json's env, forwarded by name
+    assert spec["env"] == {"A": "1"} and "--LXCKernel.keep_env=A" in spec["argv"]
+    assert not any("A=1" in arg for arg in spec["argv"])

@@ -107,11 +107,14 @@ def test_kernelspec_argv_from_every_install_flag_round_trips_into_the_kernel() -
     traits = install.traits_from_args(args)
     flags = {option.name for option in OPTIONS if option.flag} - {"ephemeral"}
     assert set(traits) == flags, "every install flag was given once"
-    argv = install.kernel_spec(display_name="x", traits=traits)["argv"][5:]
-    k = LXCKernel(config=KVArgParseConfigLoader(argv).load_config())
+    spec = install.kernel_spec(display_name="x", traits=traits)
+    k = LXCKernel(config=KVArgParseConfigLoader(spec["argv"][5:]).load_config())
     for name, value in traits.items():
-        assert getattr(k, name) == value, name
-    assert k.env == {"A": "1", "B": "x=y"} and k.elevated == "CAP" and k.cell_timeout == 30.0
+        if name not in ("env", "keep_env"):
+            assert getattr(k, name) == value, name
+    # --env values travel in kernel.json's env (the kernel's environment), named by keep_env: never in argv
+    assert spec["env"] == {"A": "1", "B": "x=y"} and k.env == {} and k.keep_env == ["LANG", "A", "B"]
+    assert k.elevated == "CAP" and k.cell_timeout == 30.0
 
 
 # -- one validator, three ways in ---------------------------------------------------------------------

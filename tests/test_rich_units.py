@@ -11,8 +11,17 @@ import termios
 import pytest
 
 from lxc_kernel import stdin
-from lxc_kernel.budget import OutputBudget, human, parse_size
-from lxc_kernel.display import HELPER_SCRIPT, DisplayFrame, DisplayParser, bundle
+from lxc_kernel.budget import OutputBudget, SpillDir, human, parse_size
+from lxc_kernel.display import (
+    HELPER_SCRIPT,
+    MAX_FRAME,
+    DisplayFrame,
+    DisplayParser,
+    OversizeFrame,
+    bundle,
+    inert_markdown,
+)
+from lxc_kernel.hostdirs import UnsafeDirectory, check_output_dir
 
 TOKEN = "ab" * 12
 
@@ -103,7 +112,8 @@ def test_parse_size_and_human() -> None:
 
 def test_budget_keeps_head_and_tail_and_spills_everything(tmp_path: os.PathLike) -> None:
     sent: list[tuple[str, str]] = []
-    budget = OutputBudget(lambda s, t: sent.append((s, t)), 1000, spill_dir=str(tmp_path))
+    spill = SpillDir(str(tmp_path))
+    budget = OutputBudget(lambda s, t: sent.append((s, t)), 1000, spill=spill)
     lines = [f"line {i}\n" for i in range(10_000)]
     for i in range(0, len(lines), 7):
         budget.add("stdout", "".join(lines[i : i + 7]))
@@ -115,16 +125,106 @@ def test_budget_keeps_head_and_tail_and_spills_everything(tmp_path: os.PathLike)
     assert budget.spill_path and "left out" in notice and budget.spill_path in notice
     with open(budget.spill_path) as fh:
         assert fh.read() == "".join(lines)
+    assert os.path.dirname(budget.spill_path) == spill.path
+    assert os.stat(spill.path).st_mode & 0o777 == 0o700
+    spill.close()
+    assert not os.path.exists(spill.path) and os.listdir(tmp_path) == []
 
 
 def test_budget_memory_is_bounded() -> None:
-    budget = OutputBudget(lambda s, t: None, 10_000, spill_dir="/tmp/lxck-budget-test")
+    spill = SpillDir()  # the system's temporary directory
+    budget = OutputBudget(lambda s, t: None, 10_000, spill=spill)
     for _ in range(5000):
         budget.add("stdout", "y\n" * 500)
     assert budget._tail_size < 10_000  # only the tail is kept
     budget.finish()
     assert budget.spill_path is not None
-    os.unlink(budget.spill_path)
+    spill.close()
+    assert not os.path.exists(budget.spill_path)
+
+
+def test_spill_dir_total_is_capped_oldest_first(tmp_path: os.PathLike) -> None:
+    spill = SpillDir(str(tmp_path), limit=50_000)
+    paths = []
+    for n in range(4):
+        budget = OutputBudget(lambda s, t: None, 1000, spill=spill)
+        budget.add("stdout", f"{n}" * 20_000)
+        budget.finish()
+        paths.append(budget.spill_path)
+        assert spill.total <= 50_000
+    assert [os.path.exists(p) for p in paths] == [False, False, True, True]  # room made for the newest
+    sent: list[str] = []
+    big = OutputBudget(lambda s, t: sent.append(t), 1000, spill=spill)
+    big.add("stdout", "z" * 80_000)  # alone bigger than the cap: cut, and said so
+    big.finish()
+    assert os.path.getsize(big.spill_path) == 50_000 and "keeps at most 50.0 kB" in "".join(sent)
+    spill.close()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "world-writable", "group-writable", "other-owner", "file", "missing"])
+def test_unsafe_output_dir_is_refused_and_unused(tmp_path: os.PathLike, kind: str) -> None:
+    real = os.path.join(tmp_path, "real")
+    os.mkdir(real, 0o700)
+    target = os.path.join(tmp_path, "target")
+    if kind == "symlink":
+        os.symlink(real, target)
+    elif kind == "file":
+        open(target, "w").close()
+    elif kind != "missing":
+        os.mkdir(target)
+        os.chmod(target, {"world-writable": 0o777, "group-writable": 0o770}.get(kind, 0o755))
+        if kind == "other-owner":
+            os.chown(target, 65534, 65534)
+    reason = {"symlink": "symbolic link", "world-writable": "writable", "group-writable": "writable",
+              "other-owner": "owned by uid 65534", "file": "not a directory", "missing": "does not exist"}[kind]
+    with pytest.raises(UnsafeDirectory, match=reason):
+        check_output_dir(target)
+    sent: list[tuple[str, str]] = []
+    budget = OutputBudget(lambda s, t: sent.append((s, t)), 100, spill=SpillDir(target))
+    budget.add("stdout", "x\n" * 1000)
+    budget.finish()
+    assert budget.spill_path is None and reason in "".join(t for s, t in sent if s == "stderr")
+    assert os.listdir(real) == [] and (kind != "other-owner" or os.listdir(target) == [])
+
+
+def test_display_counts_against_the_budget() -> None:
+    budget = OutputBudget(lambda s, t: None, 1000)
+    assert budget.take(600) and budget.room() == 400
+    assert not budget.take(600) and budget.displays_dropped == 1
+    sent: list[str] = []
+    budget.sink = lambda s, t: sent.append(t)
+    budget.finish()
+    assert "1 display output (600 characters) not shown" in "".join(sent)
+
+
+def test_frame_cap_keeps_nothing_past_it() -> None:
+    parser = DisplayParser(TOKEN, cap=1000)
+    big = frame("image/png", b"x" * 200_000)
+    items = [i for i in feed_all(parser, big, 4096) if not isinstance(i, str)]
+    assert len(items) == 1 and isinstance(items[0], OversizeFrame) and items[0].cap == 1000
+    assert abs(items[0].size - 200_000) < 5_000 and parser._payload == []
+    assert feed_all(DisplayParser(TOKEN, cap=10), frame("text/plain", b"x" * 10), 7)[0] == DisplayFrame(
+        "text/plain", b"x" * 10, None, False)
+    assert DisplayParser(TOKEN, cap=MAX_FRAME * 4).feed("") == []  # the cap never exceeds MAX_FRAME
+
+
+def test_safe_display_sanitizes_html_and_refuses_active_types() -> None:
+    evil = b'<b>ok</b><script>alert(1)</script><img src=x onerror="alert(2)"><a href="javascript:alert(3)">l</a>'
+    data, note = bundle(DisplayFrame("text/html", evil, None, False), "safe")
+    html = data["text/html"]
+    assert note is None and "<b>ok</b>" in html
+    assert "script" not in html and "onerror" not in html and "javascript" not in html
+    assert bundle(DisplayFrame("text/html", evil, None, False), "all")[0]["text/html"] == evil.decode()
+    svg, _ = bundle(DisplayFrame("image/svg+xml", b"<svg onload='alert(1)'/>", None, False), "safe")
+    assert "image/svg+xml" not in svg and svg["text/html"].startswith('<img src="data:image/svg+xml;base64,')
+    for mime in ("application/javascript", "text/latex", "application/vnd.jupyter.widget-view+json"):
+        data, why = bundle(DisplayFrame(mime, b"alert(1)", None, False), "safe")
+        assert data == {} and why and "display=safe" in why
+    md, note = bundle(DisplayFrame("text/markdown", b"[x](javascript:alert(1))", None, False), "safe")
+    assert list(md) == ["text/plain"] and note
+    assert bundle(DisplayFrame("text/markdown", b"# Title\n> quote & `a > b`", None, False), "safe")[0][
+        "text/markdown"] == "# Title\n> quote & `a > b`"
+    assert not inert_markdown("<img src=x onerror=alert(1)>") and not inert_markdown("[a]: javascript:x")
 
 
 def test_no_budget_passes_everything() -> None:

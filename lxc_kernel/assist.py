@@ -294,9 +294,13 @@ def inspect_word(code: str, cursor_pos: int) -> str:
     return word
 
 
-# A man page's NAME and SYNOPSIS sections (headings start in column 0); awk stops after SYNOPSIS, so
+# A man page's NAME and SYNOPSIS sections (headings start in column 0), read by the shell itself: awk is
+# a Debian alternative, a dangling link in the hostfs kind's own /etc. The loop stops after SYNOPSIS, so
 # man stops formatting a long page there.
-_NAME_SYNOPSIS = 'awk "/^[A-Z]/{if(s)exit;p=(\\$0==\\"NAME\\"||\\$0==\\"SYNOPSIS\\");s=(\\$0==\\"SYNOPSIS\\")}p"'
+_NAME_SYNOPSIS = (
+    "while IFS= read -r l; do case $l in [A-Z]*) [ -n \"$s\" ] && break; p=; case $l in NAME|SYNOPSIS) p=1;;"
+    " esac; [ \"$l\" = SYNOPSIS ] && s=1;; esac; [ -n \"$p\" ] && echo \"$l\"; done"
+)
 
 
 def inspect_script(name: str) -> str:
@@ -323,8 +327,10 @@ def inspect_script(name: str) -> str:
 
 
 def is_program(name: str, type_text: str) -> bool:
-    """`type` said ``name`` is a file on PATH (``ls is /usr/bin/ls``, ``ls is hashed (/usr/bin/ls)``)."""
-    return re.match(rf"{re.escape(name)} is (hashed \()?/", type_text) is not None
+    """`type` said ``name`` is a program: a file on PATH (``ls is /usr/bin/ls``, ``ls is hashed
+    (/usr/bin/ls)``), or a busybox applet that ash runs without PATH (``ls is ls``)."""
+    name_re = re.escape(name)
+    return re.match(rf"{name_re} is ((hashed \()?/|{name_re}$)", type_text) is not None
 
 
 def manual_script(name: str, detail_level: int) -> str:
@@ -333,8 +339,8 @@ def manual_script(name: str, detail_level: int) -> str:
 
     ``man`` is asked first; where it cannot run (the hostfs kind has no /etc/manpath.config, so man-db
     refuses every lookup) the page file is formatted with ``man -l``. ``--help`` is only tried on a
-    program found on PATH that has no page, under ``timeout`` when the container has it, with stdin
-    from /dev/null.
+    program (a file on PATH, or a busybox applet) that has no page, under ``timeout`` when the container
+    has it, with stdin from /dev/null.
     """
     pick = "head -n 600" if detail_level else _NAME_SYNOPSIS
     lines = 200 if detail_level else 15
@@ -343,6 +349,6 @@ def manual_script(name: str, detail_level: int) -> str:
         " p=$(m -- \"$w\"); [ -n \"$p\" ] || for f in /usr/local/share/man/man[18]*/\"$w\".[18]*"
         " /usr/share/man/man[18]*/\"$w\".[18]*; do [ -f \"$f\" ] && p=$(m -l \"$f\") && [ -n \"$p\" ] && break; done;"
         " if [ -n \"$p\" ]; then echo \"$p\"; exit 0; fi; p=$(command -v \"$w\");"
-        " case $p in /*) to=; command -v timeout >/dev/null 2>&1 && to=\"timeout 2\";"
+        " case $p in /*|\"$w\") to=; command -v timeout >/dev/null 2>&1 && to=\"timeout 2\";"
         f" $to \"$p\" --help </dev/null 2>&1 | head -n {lines};; esac) || \\:"
     )

@@ -344,14 +344,16 @@ _BASH_COMMANDS = (
 # __lxck_ld COMMAND, in the shell itself so that what it loads stays: bash-completion's main script the
 # first time (only where the container has it, and only if nothing set a default completion yet, as a
 # sourced ~/.bashrc may have), then the command's spec through its dynamic loader (`_completion_loader`).
-# Both need extglob while they are parsed; the user's setting is put back.
+# Both are parsed with extglob on (they need it) and alias expansion off (a cell's `alias ls=...` must not
+# end up inside their functions); the user's settings are put back.
 BASH_COMPLETION = "/usr/share/bash-completion/bash_completion"
 _BASH_LOADER = (
-    f"__lxck_ld() {{ local _lke=1 _lkf={BASH_COMPLETION}; builtin shopt -q extglob || _lke=;"
-    " builtin shopt -s extglob; if [[ -z ${__lxck_bc-} ]]; then __lxck_bc=1; builtin complete -p -D ||"
+    f"__lxck_ld() {{ local _lke=1 _lkz=1 _lkf={BASH_COMPLETION}; builtin shopt -q extglob || _lke=;"
+    " builtin shopt -q expand_aliases || _lkz=; builtin shopt -s extglob; builtin shopt -u expand_aliases;"
+    " if [[ -z ${__lxck_bc-} ]]; then __lxck_bc=1; builtin complete -p -D ||"
     " { [[ -r $_lkf ]] && builtin . \"$_lkf\"; }; fi; builtin complete -p -- \"$1\" ||"
     " { declare -F _completion_loader && _completion_loader \"$1\"; }; [[ -n $_lke ]] || builtin shopt -u extglob;"
-    " } </dev/null >/dev/null 2>&1"
+    " [[ -z $_lkz ]] || builtin shopt -s expand_aliases; } </dev/null >/dev/null 2>&1"
 )
 # __lxck_pc NONCE FALLBACK CMD CWORD POINT LINE CUR PREV PREFIX WORDS...: programmable completion as
 # readline does it (bash manual, "Programmable Completion"): the command's spec (by name, by basename,

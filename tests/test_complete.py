@@ -232,7 +232,9 @@ def test_shell_version_and_programs() -> None:
     assert shell_version(Handshake("5.2.15(1)-release", 1, "")) == "5.2.15"
     assert shell_version(Handshake("", 1, "")) == "sh"
     assert is_program("ls", "ls is /usr/bin/ls") and is_program("ls", "ls is hashed (/usr/bin/ls)")
+    assert is_program("ls", "ls is ls")  # a busybox applet
     assert not is_program("cd", "cd is a shell builtin")
+    assert not is_program("ls", "ls is aliased to `ls -l'")
 
 
 @pytest.mark.parametrize(

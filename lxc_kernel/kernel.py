@@ -15,7 +15,7 @@ from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
 from . import __version__, ephemeral, watchdog
-from .assist import Assistant
+from .assist import Assistant, shell_version
 from .attach import ELEVATED, NAMESPACES, AttachOptions, LxcAttachTransport, env_pairs, parse_flags
 from .budget import DEFAULT_LIMIT, DEFAULT_SPILL_LIMIT, SpillDir, parse_size
 from .cellio import CellIO, restore_echo
@@ -56,7 +56,7 @@ class LXCKernel(Kernel):
     implementation_version = __version__
     language = "bash"
     language_version = "5"
-    language_info: ClassVar[dict[str, str]] = {
+    LANGUAGE_INFO: ClassVar[dict[str, str]] = {
         "name": "bash",
         "codemirror_mode": "shell",
         "mimetype": "text/x-sh",
@@ -444,6 +444,17 @@ class LXCKernel(Kernel):
             return self.ensure_session(prepare=False, quiet=True)
         except LxcKernelError:
             return None
+
+    @property
+    def language_info(self) -> dict[str, str]:  # type: ignore[override]
+        """kernel_info's language_info; ``version`` is the container shell's, from the session handshake
+        (``5.2.15`` for bash, ``sh`` for busybox ash). Frontends ask at start, before the lazy attach, and
+        kernel_info must not attach: until the first shell is attached the version is "", then it is
+        that shell's, and it stays known after the shell closes (%reset, a restart of the shell)."""
+        session = self.shell_session
+        if session is not None and session.info is not None:
+            self._shell_version = shell_version(session.info)
+        return {**self.LANGUAGE_INFO, "version": getattr(self, "_shell_version", "")}
 
     def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
         return self.assistant.complete(code, len(code) if cursor_pos is None else cursor_pos)

@@ -18,8 +18,16 @@ class _LxcKernelTests(jkt.KernelTests):
     code_hello_world = "echo 'hello, world'"
     code_stderr = "echo 'oops' >&2"
     code_generate_error = "false"
-    # Completion, inspection and is_complete (issue 4): answered by the live shell / the host's bash -n.
-    completion_samples = [{"text": "ech", "matches": {"echo"}}, {"text": "echo $HOM", "matches": {"$HOME"}}]  # noqa: RUF012
+    # Inspection and is_complete (issue 4): answered by the live shell / the host's bash -n.
+    # Completion (issue 12): a command, a variable, a directory and a file after a command (in bash through
+    # the command's bash-completion spec), a path as the first word.
+    completion_samples = [  # noqa: RUF012
+        {"text": "ech", "matches": {"echo"}},
+        {"text": "echo $HOM", "matches": {"$HOME"}},
+        {"text": "ls /et", "matches": {"/etc/"}},
+        {"text": "cat /etc/pas", "matches": {"/etc/passwd"}},
+        {"text": "/etc/gro", "matches": {"/etc/group"}},
+    ]
     complete_code_samples = ["echo hi", "for i in 1 2; do echo $i; done", "cat <<EOF\nx\nEOF"]  # noqa: RUF012
     incomplete_code_samples = ["for i in 1 2; do", "echo 'unclosed", "cat <<EOF\nx", "if true; then"]  # noqa: RUF012
     invalid_code_samples = ["fi", "done", ")"]  # noqa: RUF012

@@ -305,6 +305,37 @@ class LxcTargets:
         return session
 
 
+class LockedSpill:
+    """The kernel's spill directory (budget.SpillDir) shared by targets that spill at the same time: its
+    bookkeeping (new files, room, the running total) is not made for several threads, so each call
+    takes one lock. Everything else reads through."""
+
+    def __init__(self, spill: Any) -> None:
+        self._spill = spill
+        self._lock = threading.Lock()
+
+    def new_file(self) -> _LockedSpillFile:
+        with self._lock:
+            return _LockedSpillFile(self._spill.new_file(), self._lock)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spill, name)
+
+
+class _LockedSpillFile:
+    def __init__(self, file: Any, lock: threading.Lock) -> None:
+        self._file = file
+        self._lock = lock
+        self.path = file.path
+
+    def write(self, data: bytes) -> bool:
+        with self._lock:
+            return bool(self._file.write(data))
+
+    def close(self) -> None:
+        self._file.close()
+
+
 # -- one %%on cell -----------------------------------------------------------------------------------
 
 

@@ -22,7 +22,16 @@ from .cellio import CellIO, restore_echo
 from .complete import is_complete
 from .display import HELPER_NAME, HELPER_SCRIPT
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
-from .fanout import BlockView, FanOut, Fleet, InterleaveView, LxcTargets, failure_message, resolve_targets
+from .fanout import (
+    BlockView,
+    FanOut,
+    Fleet,
+    InterleaveView,
+    LockedSpill,
+    LxcTargets,
+    failure_message,
+    resolve_targets,
+)
 from .lxc import ADVICE, Container, State, Tools, list_names
 from .magics import REGISTRY, check_on_policy, parse_on, run_magics, split_cell, split_on_cell
 from .options import config_errors
@@ -291,6 +300,7 @@ class LXCKernel(Kernel):
         emit_message = quiet if silent else self._emit_display
         for note in notes:
             emit_stream("stderr", f"[lxc-kernel: {note}]\n")
+        spill = LockedSpill(self._spill_dir())
         view = (InterleaveView(emit_stream, emit_message) if request.interleave
                 else BlockView(emit_stream, emit_message, f"lxck-on-{secrets.token_hex(6)}"))
         fan = FanOut(
@@ -299,11 +309,14 @@ class LXCKernel(Kernel):
                        startup_timeout=self.startup_timeout),
             targets, body, request,
             user="" if user in ("root", "0", "0:0") else user,
-            view=view, make_io=self._target_io, colors=self.colors,
+            view=view, make_io=lambda session, out, display: self._target_io(session, out, display, spill),
+            colors=self.colors,
             timeout=request.timeout or self.cell_timeout or None, describe=describe_status,
         )
         with self._sigint_calls(fan.interrupt):
             results = fan.run()
+        if self._watchdog is not None:
+            self._watchdog.scan()  # the shells this cell opened are recorded now, not at its next look
         if fan.interrupted:
             stopped = [r.name for r in results if r.status.value in ("interrupted", "skipped")]
             return self._error("KeyboardInterrupt", f"interrupted: {len(stopped)} of {len(results)} targets were "
@@ -312,15 +325,16 @@ class LXCKernel(Kernel):
             return self._ok()
         return self._error("FanOutFailed", failure_message(results))
 
-    def _target_io(self, session: ShellSession, emit_stream: Any, emit_display: Any) -> CellIO:
+    def _target_io(self, session: ShellSession, emit_stream: Any, emit_display: Any, spill: LockedSpill) -> CellIO:
         """A %%on target's output pipeline (from a worker thread; its emitters only queue): the output
-        budget per target, as for a plain cell; no stdin."""
+        budget per target and the kernel's spill files (shared by the targets through a lock), as for a
+        plain cell; no stdin."""
         try:
             budget = parse_size(self.output_limit)
         except ValueError:
             budget = DEFAULT_LIMIT
         return CellIO(session, emit_stream=emit_stream, emit_display=emit_display, ask=None, budget=budget,
-                      spill_dir=self.output_dir or None)
+                      spill=spill, display=self.display)  # type: ignore[arg-type]
 
     def _error_for_exit(self, exc: ShellExited) -> dict[str, Any]:
         """A dead shell: say whether the container went away, and that the next cell starts afresh."""
@@ -480,13 +494,7 @@ class LXCKernel(Kernel):
             budget = DEFAULT_LIMIT
         if not hasattr(self, "_display_ids"):
             self._display_ids: set[str] = set()
-        if self._spill is None:
-            try:
-                limit = parse_size(self.spill_limit) or parse_size(DEFAULT_SPILL_LIMIT)
-            except ValueError:
-                limit = parse_size(DEFAULT_SPILL_LIMIT)
-            on_create = self._watchdog.spill_dir if self._watchdog is not None else None
-            self._spill = SpillDir(self.output_dir or None, limit, on_create=on_create)
+        self._spill_dir()
         if self._watchdog is not None:
             self._watchdog.scan()  # the shell and its helpers are recorded before the cell can run long
         quiet = lambda *_: None  # noqa: E731
@@ -500,6 +508,17 @@ class LXCKernel(Kernel):
             display_ids=self._display_ids,
             display=self.display,
         )
+
+    def _spill_dir(self) -> SpillDir:
+        """The kernel's spill directory object (the directory itself is made by the first spill)."""
+        if self._spill is None:
+            try:
+                limit = parse_size(self.spill_limit) or parse_size(DEFAULT_SPILL_LIMIT)
+            except ValueError:
+                limit = parse_size(DEFAULT_SPILL_LIMIT)
+            on_create = self._watchdog.spill_dir if self._watchdog is not None else None
+            self._spill = SpillDir(self.output_dir or None, limit, on_create=on_create)
+        return self._spill
 
     def _emit_display(self, msg_type: str, content: dict[str, Any]) -> None:
         self.send_response(self.iopub_socket, msg_type, content)

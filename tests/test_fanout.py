@@ -446,10 +446,17 @@ def test_output_budget_and_timeout_apply_per_target(kernel: Kernel, ten: list[st
     try:
         r = kernel.execute(f"{on([ten[0], ten[6]])}\nseq 1 3000")
         assert r.status == "ok"
+        whole = "".join(f"{i}\n" for i in range(1, 3001))
+        saved = []
         for block in blocks(r.messages).values():
             text = block["data"]["text/plain"]
             assert "output over" in text and text.endswith("2999\n3000\n") and len(text) < 4000
-        printed = len("".join(f"{i}\n" for i in range(1, 3001)))
+            saved.append(re.search(r"on the kernel's host in (/\S+?\.txt)", text).group(1))  # type: ignore[union-attr]
+        assert len(set(saved)) == 2, "each target spills into its own file"
+        for path in saved:
+            with open(path) as fh:
+                assert fh.read() == whole
+        printed = len(whole)
         assert [row[-1] for row in summary(r)] == [str(printed), str(printed)]
     finally:
         kernel.execute("%output 1M")

@@ -87,7 +87,9 @@ class LXCKernel(Kernel):
         self._ephemeral_copy: Container | None = None
         self._spill: SpillDir | None = None  # made by the first cell that needs it
         # Started before anything else: whatever the kernel starts from here on is cleaned up if it dies.
-        self._watchdog = watchdog.start()
+        # Only in a kernel process (the app exists before it builds its kernel): an LXCKernel built in a
+        # test or a tool would get a watchdog of its host process.
+        self._watchdog = watchdog.start() if IPKernelApp.initialized() else None
         if self.ephemeral:
             self._cleanup_ephemeral_orphans()
 

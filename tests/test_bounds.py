@@ -21,7 +21,7 @@ import psutil
 import pytest
 from conftest import Kernel, Result, start_kernel
 
-from lxc_kernel import ephemeral, stdin
+from lxc_kernel import stdin
 from lxc_kernel.provision import destroy_container, ensure_container
 
 RUN = f"lxck-t7b-{secrets.token_hex(2)}-"
@@ -258,8 +258,7 @@ def test_command_lines_from_proc_are_read_by_a_prefix() -> None:
             line = stdin.command_line(proc.pid)
         assert line.startswith("sh -c sleep 30; exit 0 lxc_kernel xxx") and line.endswith(" ...")
         assert len(line) < 4200
-        assert ephemeral.kernel_alive(proc.pid)  # "lxc_kernel" is within the prefix
+        # (Ephemeral copies no longer judge a kernel alive by its command line: a lock, issue 8.)
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()
-    assert not ephemeral.kernel_alive(proc.pid)

@@ -205,7 +205,9 @@ def test_frame_cap_keeps_nothing_past_it() -> None:
     assert abs(items[0].size - 200_000) < 5_000 and parser._payload == []
     assert feed_all(DisplayParser(TOKEN, cap=10), frame("text/plain", b"x" * 10), 7)[0] == DisplayFrame(
         "text/plain", b"x" * 10, None, False)
-    assert DisplayParser(TOKEN, cap=MAX_FRAME * 4).feed("") == []  # the cap never exceeds MAX_FRAME
+    over = [i for i in feed_all(DisplayParser(TOKEN, cap=MAX_FRAME * 4), frame("image/png", b"\0" * (MAX_FRAME + 1)),
+                                1 << 20) if not isinstance(i, str)]
+    assert over == [OversizeFrame("image/png", MAX_FRAME + 1, MAX_FRAME)]  # no cap goes past MAX_FRAME
 
 
 def test_safe_display_sanitizes_html_and_refuses_active_types() -> None:

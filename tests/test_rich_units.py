@@ -269,12 +269,14 @@ def test_password_mode() -> None:
 
 @pytest.mark.timeout(20)
 def test_find_waiter_on_a_host_pty() -> None:
-    """The same detection on a plain host PTY: `read` in sh waits, `sleep` does not."""
+    """The same detection on a plain host PTY: `read` in sh waits, `sleep` does not. The read is from
+    a read-only open of the terminal, as a kernel cell's is (0</dev/tty): the shell reading its own
+    read-write fd 0 is waiting for its next command line, not a prompt (see the next test)."""
     import time
 
     from ptyprocess import PtyProcess
 
-    proc = PtyProcess.spawn(["sh", "-c", "sleep 0.3; read x; echo got $x"])
+    proc = PtyProcess.spawn(["sh", "-c", "sleep 0.3; read x </dev/tty; echo got $x"])
     try:
         assert stdin.find_waiter(proc.pid) is None
         deadline = time.monotonic() + 5
@@ -291,6 +293,23 @@ def test_find_waiter_on_a_host_pty() -> None:
             except EOFError:
                 break
         assert b"got yes" in out
+    finally:
+        proc.terminate(force=True)
+
+
+def test_shell_reading_its_own_line_is_not_a_waiter() -> None:
+    """Under load the end marker can still be in transit while the shell waits for its next line on
+    its own read-write fd 0: that must never become an input request (12 kernels: 3 of 480 cells)."""
+    import time
+
+    from ptyprocess import PtyProcess
+
+    proc = PtyProcess.spawn(["sh", "-c", "read x; echo got $x"])
+    try:
+        time.sleep(0.3)
+        assert stdin.find_waiter(proc.pid) is None
+        assert stdin.is_read_write(b"pos:\t0\nflags:\t02000002\n")
+        assert not stdin.is_read_write(b"pos:\t0\nflags:\t0100000\n")
     finally:
         proc.terminate(force=True)
 

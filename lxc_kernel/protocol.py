@@ -120,15 +120,17 @@ def _checked_path(path: str, what: str) -> str:
 # __lxck_post STATUS A B [C D]: the stderr end marker (if fd 28 is still our FIFO), then the stdout end
 #   marker with the status and the repair flags.
 # __lxck_errok: is fd 28 still a FIFO? Without /proc, only whether it is open for writing.
+# The optional stderr-token arguments are read as ${3-} and ${4-}: after a cell's `set -u` a line without
+# them (helper queries, sync lines, cells with stderr merged) would otherwise stop at "unbound variable".
 _FUNCTIONS = (
     " __lxck_sx=$(command printf 'set -x\\nx'); __lxck_sx=${__lxck_sx%x};"
     " __lxck_pre() { case $- in *x*) command set +x; __lxck_x=$__lxck_sx;; *) __lxck_x=;; esac;"
     " command printf '<<lxck:%s%s:S>>' \"$1\" \"$2\";"
-    f" command [ -z \"$3\" ] || command printf '<<lxck:%s%s:S>>' \"$3\" \"$4\" >&{ERR_FD}; }};"
+    f" command [ -z \"${{3-}}\" ] || command printf '<<lxck:%s%s:S>>' \"$3\" \"$4\" >&{ERR_FD}; }};"
     f" __lxck_errok() {{ if command [ -d /proc/self/fd ]; then command [ -p /proc/self/fd/{ERR_FD} ];"
     f" else {{ command : >&{ERR_FD}; }} 2>/dev/null; fi; }};"
     " __lxck_post() { __lxck_f=; command [ -d \"$__lxck_d\" ] || __lxck_f=d;"
-    " if command [ -n \"$4\" ]; then if __lxck_errok;"
+    " if command [ -n \"${4-}\" ]; then if __lxck_errok;"
     f" then command printf '<<lxck:%s%s:E%s>>' \"$4\" \"$5\" \"$1\" >&{ERR_FD};"
     " else __lxck_f=${__lxck_f}e; fi; fi;"
     " command printf '<<lxck:%s%s:E%s%s>>' \"$2\" \"$3\" \"$1\" \"${__lxck_f:+:$__lxck_f}\"; };"

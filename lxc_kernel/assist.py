@@ -197,13 +197,11 @@ class Assistant:
         if word.kind is Kind.USER:
             return parse_candidates(word, self._ask(session, users_script(word, bash=False)), bash=False)
         if word.kind is Kind.COMMAND or (word.kind is Kind.ARGUMENT and word.after_keyword):
+            # Commands, and file names when none matches (as bash does for a first word).
             command_word = Word(word.text, word.start, word.end, Kind.COMMAND, quote=word.quote)
             out = self._ask(session, commands_script(command_word, bash=False))
-            matches = parse_candidates(command_word, out, bash=False, functions=function_names(code))
-            if matches:
-                return matches
-        # The first word falls back to file names when no command matches, as in bash; any later word
-        # completes file names.
+            return parse_candidates(command_word, out, bash=False, functions=function_names(code))
+        # Any later word completes file names.
         return parse_candidates(word, self._ask(session, files_script(word.prefix, bash=False)), bash=False)
 
     @property
@@ -317,8 +315,8 @@ def inspect_script(name: str) -> str:
             f" else printf '%s: not found (unset variable)\\n' {sh_quote(name)}; fi || \\:"
         )
     return (
-        # `set +e` and `|| :`: errexit from a cell must neither cut this short nor end the shell.
-        f"(set +e; w={sh_quote(name)}; t=$(type \"$w\" 2>/dev/null);"
+        # `set +eu` and `|| :`: errexit or nounset from a cell must neither cut this short nor end the shell.
+        f"(set +eu; w={sh_quote(name)}; t=$(type \"$w\" 2>/dev/null);"
         " if [ -z \"$t\" ]; then echo \"$w: not found\"; exit 0; fi; echo \"$t\" | head -n 40;"
         # `help` in bash explains one builtin; busybox ash's `help` would only list them all.
         " case $t in *\" is a shell builtin\"*|*\" is a special shell builtin\"*|*\" is a shell keyword\"*)"
@@ -345,7 +343,7 @@ def manual_script(name: str, detail_level: int) -> str:
     pick = "head -n 600" if detail_level else _NAME_SYNOPSIS
     lines = 200 if detail_level else 15
     return (
-        f"(set +ef; w={sh_quote(name)}; m() {{ MANWIDTH=80 MANPAGER=cat man \"$@\" 2>/dev/null | {pick}; }};"
+        f"(set +efu; w={sh_quote(name)}; m() {{ MANWIDTH=80 MANPAGER=cat man \"$@\" 2>/dev/null | {pick}; }};"
         " p=$(m -- \"$w\"); [ -n \"$p\" ] || for f in /usr/local/share/man/man[18]*/\"$w\".[18]*"
         " /usr/share/man/man[18]*/\"$w\".[18]*; do [ -f \"$f\" ] && p=$(m -l \"$f\") && [ -n \"$p\" ] && break; done;"
         " if [ -n \"$p\" ]; then echo \"$p\"; exit 0; fi; p=$(command -v \"$w\");"

@@ -329,12 +329,15 @@ def _escaped(text: str, index: int) -> bool:
 # `local` (a common way to write one) would otherwise write into ours.
 #
 # __lxck_fl PREFIX [TAG]: file names that start with PREFIX (`~/` is $HOME); directories tagged d. Hidden
-# files too when the name part is empty, as readline's match-hidden-files (on by default) does.
+# files too when the name part is empty, as readline's match-hidden-files (on by default) does. It runs
+# in the shell itself (a subshell would cost a fork): `local -` puts back the `set -f`/`-u` it turns off
+# (bash 4.4+), and failglob is put back by hand.
 _BASH_FILES = (
-    "__lxck_fl() { local p=$1 h= f t g; set +f; builtin shopt -u failglob; [[ $p == \"~/\"* ]] && h=$HOME"
-    " p=$HOME/${p:2}; g=(\"$p\"*); [[ -z ${p##*/} ]] && g+=(\"$p\".*); for f in \"${g[@]}\"; do"
-    " case ${f##*/} in .|..) continue;; esac; [[ -e $f || -L $f ]] || continue; [[ -d $f ]] && t=d || t=f;"
-    " [[ -n $h ]] && f=\"~${f:${#h}}\"; builtin printf \"%s%s\\n\" \"$2$t\" \"$f\"; done; }"
+    "__lxck_fl() { local - p=$1 h= f t g z=; set +fu; builtin shopt -q failglob && z=1 && builtin shopt -u failglob;"
+    " [[ $p == \"~/\"* ]] && h=$HOME p=$HOME/${p:2}; g=(\"$p\"*); [[ -z ${p##*/} ]] && g+=(\"$p\".*);"
+    " [[ -z $z ]] || builtin shopt -s failglob; for f in \"${g[@]}\"; do case ${f##*/} in .|..) continue;; esac;"
+    " [[ -e $f || -L $f ]] || continue; [[ -d $f ]] && t=d || t=f; [[ -n $h ]] && f=\"~${f:${#h}}\";"
+    " builtin printf \"%s%s\\n\" \"${2-}$t\" \"$f\"; done; }"
 )
 # __lxck_cm PREFIX: readline's command word: aliases, functions, builtins, keywords, PATH; file names when
 # none of those match (bash manual, "Programmable Completion" and the `complete` bindable command).
@@ -356,20 +359,35 @@ _BASH_LOADER = (
     " [[ -z $_lkz ]] || builtin shopt -s expand_aliases; } </dev/null >/dev/null 2>&1"
 )
 # __lxck_pc NONCE FALLBACK CMD CWORD POINT LINE CUR PREV PREFIX WORDS...: programmable completion as
-# readline does it (bash manual, "Programmable Completion"): the command's spec (by name, by basename,
-# else the -D default), read by __lxck_ps; __lxck_pr runs its actions, -G and -W through compgen, calls
-# its -F function with COMP_* set and $1 $2 $3 and reads COMPREPLY (124: the function changed the spec,
-# start again), and reads -C's output; __lxck_px applies -X, __lxck_po -P, -S and -o default/dirnames/plusdirs and
-# prints. Always run in a subshell: the function sees every variable and function of the session but
-# changes none of them. In there `compopt` is recorded (__lxck_co: outside readline it only fails) and
-# `compgen` gets readline's file name dequoting (__lxck_cg).
+# readline does it (bash manual, "Programmable Completion"). With no spec for the command (by name, by
+# basename, or the -D default) it is readline's default, file names (or command names after `sudo` and
+# the like), in the shell itself. Otherwise __lxck_pd runs in a subshell: the function sees every
+# variable and function of the session but changes none of them. There the spec is read by __lxck_sp and
+# __lxck_ps; __lxck_pr runs its actions, -G and -W through compgen, calls its -F function with COMP_* set
+# and $1 $2 $3 and reads COMPREPLY (124: the function changed the spec, start again), and reads -C's
+# output; __lxck_px applies -X, __lxck_po -P, -S and -o default/dirnames/plusdirs, and prints. `compopt` is
+# recorded (__lxck_co: outside readline it only fails) and `compgen` gets readline's file name dequoting
+# (__lxck_cg). Alias expansion is off in there: bash parses a function's $(...) again when it runs, and a
+# cell's `alias grep=...` or `alias compgen=...` would reach into bash-completion's pipelines.
 _BASH_PROGRAMMABLE = (
-    "__lxck_pc() { local _lkn=$1 _lkb=$2 _lkc=$3 _lkw=$7 _lkv=$8 _lkx=$9 _lks= _lko= _lkF= _lkC= _lkX= _lkP= _lkS="
+    "__lxck_pc() { if { builtin complete -p -- \"$3\" || builtin complete -p -- \"${3##*/}\" ||"
+    " builtin complete -p -D; } >/dev/null 2>&1; then (__lxck_pd \"$@\"); else builtin printf \"%s\\n\" \"$1\" o;"
+    " if [[ $2 == c ]]; then __lxck_cm \"$9\"; else __lxck_fl \"$9\" x; fi; fi; }"
+)
+_BASH_PROGRAMMABLE_RUN = (
+    "__lxck_pd() { local _lkn=$1 _lkb=$2 _lkc=$3 _lkw=$7 _lkv=$8 _lkx=$9 _lks= _lko= _lkF= _lkC= _lkX= _lkP= _lkS="
     " _lkt _lka=() _lkg=() _lkk=(); COMP_CWORD=$4 COMP_POINT=$5 COMP_LINE=$6 COMP_TYPE=9 COMP_KEY=9; shift 9;"
-    " COMP_WORDS=(\"$@\"); COMPREPLY=(); set +euf; builtin shopt -s extglob; builtin shopt -u failglob;"
+    " COMP_WORDS=(\"$@\"); COMPREPLY=(); set +euf; builtin shopt -s extglob; builtin shopt -u failglob expand_aliases;"
     " compopt() { __lxck_co \"$@\"; }; compgen() { __lxck_cg \"$@\"; }; for _lkt in 1 2 3; do"
-    " _lks=$(builtin complete -p -- \"$_lkc\" || builtin complete -p -- \"${_lkc##*/}\" || builtin complete -p -D)"
-    " 2>/dev/null || break; __lxck_ps; __lxck_pr; (($? == 124)) || break; done; __lxck_po; }"
+    " __lxck_sp || break; __lxck_ps; __lxck_pr; (($? == 124)) || break; done; __lxck_po; }"
+)
+# The spec as `complete -p` prints it, into _lks: through a file in the session directory where there is
+# one (a command substitution would cost a fork).
+_BASH_SPEC_READ = (
+    "__lxck_sp() { local f=${__lxck_d-}/cs; _lks=; if [[ -d ${__lxck_d-} ]]; then"
+    " { builtin complete -p -- \"$_lkc\" || builtin complete -p -- \"${_lkc##*/}\" || builtin complete -p -D; }"
+    " >\"$f\" 2>/dev/null && IFS= builtin read -r _lks <\"$f\"; else _lks=$({ builtin complete -p -- \"$_lkc\" ||"
+    " builtin complete -p -- \"${_lkc##*/}\" || builtin complete -p -D; } 2>/dev/null); fi; [[ -n $_lks ]]; }"
 )
 _BASH_SPEC = (
     "__lxck_ps() { local _lki; eval \"_lka=($_lks)\"; _lko= _lkF= _lkC= _lkX= _lkP= _lkS= _lkg=() _lkk=();"
@@ -395,8 +413,7 @@ _BASH_OUTPUT = (
     " for _lkm in \"${_lkk[@]}\"; do _lkm=$_lkP$_lkm$_lkS; _lkr=w;"
     " if [[ $_lko == *\" filenames \"* && -e ${_lkm/#\\~/$HOME} ]]; then [[ -d ${_lkm/#\\~/$HOME} ]] && _lkr=d"
     " || _lkr=f; fi; builtin printf \"%s\\n\" \"$_lkr$_lkm\"; done;"
-    " if [[ -z $_lks && $_lkb == c ]]; then __lxck_cm \"$_lkx\";"
-    " elif [[ -z $_lks || $_lko == *\" plusdirs \"* ]] || { ((${#_lkk[@]} == 0)) &&"
+    " if [[ $_lko == *\" plusdirs \"* ]] || { ((${#_lkk[@]} == 0)) &&"
     " [[ $_lko == *@(\" default \"|\" bashdefault \"|\" dirnames \")* ]]; }; then __lxck_fl \"$_lkx\" x; fi; }"
 )
 # compopt outside readline fails ("not currently executing completion function"): record its -o/+o.
@@ -423,8 +440,8 @@ _BASH_DEQUOTE = (
     r""" else _lkd+=$c; fi; else _lkd+=$c; fi; done; }"""
 )
 BASH_HELPERS: tuple[str, ...] = (
-    _BASH_FILES, _BASH_COMMANDS, _BASH_LOADER, _BASH_PROGRAMMABLE, _BASH_SPEC, _BASH_RUN, _BASH_FILTER,
-    _BASH_OUTPUT, _BASH_COMPOPT, _BASH_COMPGEN, _BASH_DEQUOTE,
+    _BASH_FILES, _BASH_COMMANDS, _BASH_LOADER, _BASH_PROGRAMMABLE, _BASH_PROGRAMMABLE_RUN, _BASH_SPEC_READ,
+    _BASH_SPEC, _BASH_RUN, _BASH_FILTER, _BASH_OUTPUT, _BASH_COMPOPT, _BASH_COMPGEN, _BASH_DEQUOTE,
 )
 # Helpers are defined with alias expansion off, so aliases from earlier cells cannot reach into them:
 # one query turns it off (each query's text is parsed as a whole before it runs, so the `shopt` must come
@@ -451,47 +468,54 @@ def users_script(word: Word, *, bash: bool) -> str:
     if bash:
         return _guarded(f"\\builtin compgen -P c -u -- {sh_quote(word.prefix)}")
     # ash has no compgen: the names of /etc/passwd, in a subshell so IFS and n r stay the user's.
-    return _guarded("(while IFS=: read -r n r; do printf 'c%s\\n' \"$n\"; done </etc/passwd)")
+    return _guarded("(set +u; while IFS=: read -r n r; do printf 'c%s\\n' \"$n\"; done </etc/passwd)")
 
 
-def files_script(prefix: str, *, bash: bool) -> str:
-    if bash:
-        return _guarded(f"(\\__lxck_fl {sh_quote(prefix)})")
+def _ash_files(prefix: str) -> str:
+    """busybox ash (no compgen, no helpers): a loop that prints the file names starting with ``prefix``."""
     if prefix.startswith("~/"):
         base, shown, name = f"\"$HOME\"/{sh_quote(prefix[2:])}", "~/%s", '"${f#"$HOME"/}"'
     else:
         base, shown, name = sh_quote(prefix), "%s", '"$f"'
     # Hidden files too when the name part is empty, as readline's match-hidden-files does.
     glob = f"{base}*" + (f" {base}.*" if not prefix.rsplit("/", 1)[-1] else "")
-    # A subshell: the loop variable stays out of the user's shell, and `set -f` from a cell is undone.
-    return _guarded(
-        f"(set +f; for f in {glob}; do case ${{f##*/}} in .|..) continue;; esac;"
-        " [ -e \"$f\" ] || [ -L \"$f\" ] || continue;"
-        f" if [ -d \"$f\" ]; then printf 'd{shown}\\n' {name}; else printf 'f{shown}\\n' {name}; fi; done)"
+    return (
+        f"for f in {glob}; do case ${{f##*/}} in .|..) continue;; esac; [ -e \"$f\" ] || [ -L \"$f\" ] || continue;"
+        f" if [ -d \"$f\" ]; then printf 'd{shown}\\n' {name}; else printf 'f{shown}\\n' {name}; fi; done"
     )
+
+
+def files_script(prefix: str, *, bash: bool) -> str:
+    if bash:
+        return _guarded(f"\\__lxck_fl {sh_quote(prefix)}")
+    # A subshell: the loop variable stays out of the user's shell, and a cell's `set -f`/`-u` is undone.
+    return _guarded(f"(set +fu; {_ash_files(prefix)})")
 
 
 def commands_script(word: Word, *, bash: bool) -> str:
     p = word.prefix
     if bash:
-        return _guarded(f"(\\__lxck_cm {sh_quote(p)})")
+        return _guarded(f"\\__lxck_cm {sh_quote(p)}")
     # ash: aliases (`alias` prints name='value'), then a PATH scan in a subshell so neither IFS nor the
-    # loop variables leak into the user's shell. Builtins come from ASH_BUILTINS; functions cannot be
-    # listed in ash at all (see function_names).
+    # loop variables leak into the user's shell, then the file names, which parse_candidates keeps only
+    # when no command matches (one round trip either way). Builtins come from ASH_BUILTINS; functions
+    # cannot be listed in ash at all (see function_names).
     return _guarded(
-        f"alias; (set +f; p={sh_quote(p)}; IFS=:; for d in $PATH; do for f in \"$d/$p\"*; do"
-        " [ -x \"$f\" ] && [ ! -d \"$f\" ] && printf 'c%s\\n' \"${f##*/}\"; done; done)"
+        f"alias; (set +fu; p={sh_quote(p)}; IFS=:; for d in $PATH; do for f in \"$d/$p\"*; do"
+        " [ -x \"$f\" ] && [ ! -d \"$f\" ] && printf 'c%s\\n' \"${f##*/}\"; done; done; unset IFS;"
+        f" {_ash_files(p)})"
     )
 
 
 def argument_script(word: Word, nonce: str) -> str:
-    """bash: load the command's spec in the shell (bash-completion's loader), then complete in a subshell."""
+    """bash: load the command's spec in the shell (bash-completion's loader), then complete (its function
+    in a subshell)."""
     comp = word.comp
     assert comp is not None
     args = [nonce, "c" if word.after_keyword else "f", comp.command, str(comp.cword), str(comp.point),
             comp.line, comp.cur, comp.prev, word.prefix, *comp.words]
     quoted = " ".join(sh_quote(a) for a in args)
-    return f"\\__lxck_ld {sh_quote(comp.command)} || \\:; (\\__lxck_pc {quoted}) || \\:"
+    return f"\\__lxck_ld {sh_quote(comp.command)} || \\:; \\__lxck_pc {quoted} || \\:"
 
 
 def function_names(code: str) -> list[str]:
@@ -558,6 +582,8 @@ def parse_candidates(word: Word, output: str, *, bash: bool, nonce: str = "", fu
     if word.kind is Kind.COMMAND and not bash:
         matches += [Match(n, "command") for n in ASH_BUILTINS if n.startswith(p)]
         matches += [Match(n, "function") for n in functions if n.startswith(p)]
+    if word.kind is Kind.COMMAND and any(m.type in ("command", "function") for m in matches):
+        matches = [m for m in matches if m.type in ("command", "function")]  # file names only as the fallback
     return _unique(matches, keep_order="nosort" in options)
 
 

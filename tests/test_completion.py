@@ -193,6 +193,20 @@ def test_completion_functions_leave_the_session_alone(k: Kernel) -> None:
     assert out.startswith(f"{DIR} ") and "f" not in out.split()[1] and out.endswith("no-nullglob\n")
 
 
+def test_shell_options_of_a_cell_stay(k: Kernel) -> None:
+    """File names are listed in the shell itself (no fork): the options it needs are put back."""
+    run(k, "set -f; set -u")
+    if k.kind == "bash":  # type: ignore[attr-defined]
+        run(k, "shopt -s failglob")
+    assert complete(k, "cat alph")["matches"] == ["alpha.txt"]
+    assert complete(k, "alp")["matches"] == ["alpha.txt"]
+    flags = run(k, "echo $-")
+    assert "f" in flags and "u" in flags
+    if k.kind == "bash":  # type: ignore[attr-defined]
+        assert run(k, "shopt -q failglob && echo on; shopt -u failglob") == "on\n"
+    run(k, "set +f +u")
+
+
 def test_aliases_do_not_reach_the_helpers(containers: dict[str, str]) -> None:
     """The helpers are defined after a cell's aliases exist (first completion): they must not expand them."""
     kernel = start_kernel(containers["bash"])

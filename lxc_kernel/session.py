@@ -570,7 +570,7 @@ class ShellSession:
         if self._chan is None or self.info is None:
             raise ShellExited(None, "the shell is not running")
         token = new_token()
-        line = frame_query(source, token)
+        line = frame_query(source, token, ansi=self.info.ansi)
         if len(line) > INLINE_LIMIT:
             raise ValueError("query too long for one line")
         with self._busy:

@@ -340,9 +340,13 @@ _BASH_FILES = (
     " builtin printf \"%s%s\\n\" \"${2-}$t\" \"$f\"; done; }"
 )
 # __lxck_cm PREFIX: readline's command word: aliases, functions, builtins, keywords, PATH; file names when
-# none of those match (bash manual, "Programmable Completion" and the `complete` bindable command).
+# none of those match (bash manual, "Programmable Completion" and the `complete` bindable command). PATH
+# entries that are the same directory are scanned once: on a merged-/usr system /bin and /sbin are
+# /usr/bin and /usr/sbin, and compgen -c read each twice (hostfs, 1100 programs: 1.5 -> 0.7 ms).
 _BASH_COMMANDS = (
-    "__lxck_cm() { builtin compgen -P u -A function -- \"$1\"; builtin compgen -P c -c -- \"$1\" || __lxck_fl \"$1\"; }"
+    "__lxck_cm() { local - IFS=: d e u=(); set -f; for d in $PATH; do for e in \"${u[@]}\"; do [[ $d -ef $e ]] &&"
+    " continue 2; done; u+=(\"$d\"); done; local PATH=\"${u[*]}\"; builtin compgen -P u -A function -- \"$1\";"
+    " builtin compgen -P c -c -- \"$1\" || __lxck_fl \"$1\"; }"
 )
 # __lxck_ld COMMAND, in the shell itself so that what it loads stays: bash-completion's main script the
 # first time (only where the container has it, and only if nothing set a default completion yet, as a
@@ -397,11 +401,13 @@ _BASH_SPEC = (
     " -*) _lkg+=(\"${_lka[_lki]}\");; esac; done; }"
 )
 _BASH_RUN = (
-    "__lxck_pr() { ((${#_lkg[@]})) && mapfile -t _lkk < <(__lxck_cg \"${_lkg[@]}\" -- \"$_lkw\" 2>/dev/null);"
+    "__lxck_pr() { if ((${#_lkg[@]})) && [[ -d ${__lxck_d-} ]]; then __lxck_cg \"${_lkg[@]}\" -- \"$_lkw\""
+    " >\"$__lxck_d/cw\" 2>/dev/null; builtin mapfile -t _lkk <\"$__lxck_d/cw\"; elif ((${#_lkg[@]})); then"
+    " builtin mapfile -t _lkk < <(__lxck_cg \"${_lkg[@]}\" -- \"$_lkw\" 2>/dev/null); fi;"
     " if [[ -n $_lkF ]]; then COMPREPLY=(); \"$_lkF\" \"$_lkc\" \"$_lkw\" \"$_lkv\" >/dev/null 2>&1;"
     " (($? == 124)) && return 124; _lkk+=(\"${COMPREPLY[@]}\"); fi; [[ -z $_lkC ]] ||"
-    " mapfile -t -O ${#_lkk[@]} _lkk < <(export COMP_LINE COMP_POINT; eval \"$_lkC\" '\"$_lkc\" \"$_lkw\" \"$_lkv\"'"
-    " 2>/dev/null); return 0; }"
+    " builtin mapfile -t -O ${#_lkk[@]} _lkk < <(export COMP_LINE COMP_POINT;"
+    " eval \"$_lkC\" '\"$_lkc\" \"$_lkw\" \"$_lkv\"' 2>/dev/null); return 0; }"
 )
 _BASH_FILTER = (
     "__lxck_px() { local _lkm _lky= _lkr _lkh=(); [[ $_lkX == !* ]] && _lky=1 _lkX=${_lkX:1};"

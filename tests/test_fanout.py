@@ -243,6 +243,12 @@ class Cell:
     def blocks(self) -> dict[str, dict[str, Any]]:
         return blocks(self.messages)
 
+    def started(self, names: list[str], count: int | None = None) -> bool:
+        """``count`` (default: all) of ``names`` show ``started`` in their blocks."""
+        got = self.blocks()
+        shown = sum("started" in got[n]["data"]["text/plain"] for n in names if n in got)
+        return shown == (len(names) if count is None else count)
+
 
 def blocks(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each target's block as last drawn (target name -> display content), in the order they were made."""
@@ -343,7 +349,7 @@ def test_a_target_stopped_mid_cell_fails_alone(kernel: Kernel, ten: list[str]) -
         subprocess.run(["lxc-attach", "-n", name, "--", "rm", "-f", "/tmp/go"], check=True)
     cell = Cell(kernel, f"{on(three)}\necho started; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo finished")
     try:
-        cell.until(lambda c: all("started" in b["data"]["text/plain"] for b in c.blocks().values()))
+        cell.until(lambda c: c.started(three))
         subprocess.run(["lxc-stop", "-k", "-n", victim], check=True, timeout=60)
         for name in (ten[3], ten[8]):
             subprocess.run(["lxc-attach", "-n", name, "--", "touch", "/tmp/go"], check=True)
@@ -363,6 +369,24 @@ def test_a_target_stopped_mid_cell_fails_alone(kernel: Kernel, ten: list[str]) -
         assert again.status == "ok", again.reply["content"]
     finally:
         ensure_running(victim)
+
+
+def test_a_frozen_target_fails_alone_and_the_cell_ends(kernel: Kernel, ten: list[str]) -> None:
+    pair, victim = [ten[5], ten[9]], ten[5]
+    subprocess.run(["lxc-attach", "-n", ten[9], "--", "rm", "-f", "/tmp/go"], check=True)
+    cell = Cell(kernel, f"{on(pair)}\necho started; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo finished")
+    try:
+        cell.until(lambda c: c.started(pair))
+        subprocess.run(["lxc-freeze", "-n", victim], check=True, timeout=60)
+        subprocess.run(["lxc-attach", "-n", ten[9], "--", "touch", "/tmp/go"], check=True)
+        r = cell.finish()
+        assert r.status == "error" and f"{victim}: container '{victim}' is FROZEN" in r.reply["content"]["evalue"]
+        assert [row[1] for row in summary(r)] == ["gone", "ok"]
+        assert streams_of(blocks(r.messages)[ten[9]])[1] == "started\nfinished\n"
+    finally:
+        subprocess.run(["lxc-unfreeze", "-n", victim], timeout=60)
+        subprocess.run(["lxc-attach", "-n", ten[9], "--", "rm", "-f", "/tmp/go"])
+    assert kernel.execute(f"{on(pair)}\ntrue").status == "ok"
 
 
 def test_sessions_of_containers_that_went_away_are_closed_with_a_note(kernel: Kernel, ten: list[str]) -> None:
@@ -390,14 +414,14 @@ def test_sessions_of_containers_that_went_away_are_closed_with_a_note(kernel: Ke
 
 def test_interrupt_stops_every_target_and_their_shells_stay(kernel: Kernel, ten: list[str]) -> None:
     cell = Cell(kernel, f"{on(ten)}\nmark=kept; echo started; sleep 60; echo not-reached")
-    cell.until(lambda c: len(c.blocks()) == 10 and all("started" in b["data"]["text/plain"]
-                                                       for b in c.blocks().values()))
+    cell.until(lambda c: c.started(ten))
     kernel.km.interrupt_kernel()
     r = cell.finish()
     assert r.status == "error" and r.reply["content"]["ename"] == "KeyboardInterrupt"
     got = blocks(r.messages)
     assert all(streams_of(b)[0].startswith(f"── {n}: interrupted") for n, b in got.items())
-    assert all("not-reached" not in b["data"]["text/plain"] for b in got.values())
+    # The shell ends the line ^C interrupted, as in a plain cell; no ^C or resync line is echoed.
+    assert all(streams_of(b)[1] in ("started\n", "started\n\n") and not streams_of(b)[2] for b in got.values())
     after = kernel.execute(f"{on(ten)}\necho $mark")
     assert after.status == "ok"
     assert all(streams_of(b)[1] == "kept\n" for b in blocks(after.messages).values())
@@ -406,7 +430,7 @@ def test_interrupt_stops_every_target_and_their_shells_stay(kernel: Kernel, ten:
 def test_interrupt_skips_targets_not_started(kernel: Kernel, ten: list[str]) -> None:
     four = ten[:4]
     cell = Cell(kernel, f"%%on --parallel 2 {' '.join(four)}\necho started; sleep 60")
-    cell.until(lambda c: sum("started" in b["data"]["text/plain"] for b in c.blocks().values()) == 2)
+    cell.until(lambda c: c.started(four, 2))
     kernel.km.interrupt_kernel()
     r = cell.finish()
     assert r.reply["content"]["ename"] == "KeyboardInterrupt"
@@ -509,8 +533,7 @@ def test_shutdown_while_a_cell_runs_leaves_no_process(ten: list[str], containers
     k = start_kernel(containers["sh"])
     try:
         cell = Cell(k, f"{on(ten)}\necho started; sleep 100")
-        cell.until(lambda c: len(c.blocks()) == 10 and all("started" in b["data"]["text/plain"]
-                                                           for b in c.blocks().values()))
+        cell.until(lambda c: c.started(ten))
         left = _pids_after(k, k.shutdown)
         assert left == [], left
     finally:

@@ -183,11 +183,14 @@ class Assistant:
         if session in self._ready:
             return
         self._ask(session, ALIASES_OFF)
+        done = False
         try:
-            for batch in _helper_batches():
+            for batch in _helper_batches():  # the last one puts alias expansion back
                 self._ask(session, batch)
+            done = True
         finally:
-            self._ask(session, ALIASES_BACK)
+            if not done:
+                self._ask(session, ALIASES_BACK)  # a no-op if the last batch got to it
         self._ready.add(session)
 
     def _ash(self, session: Any, word: Word, code: str) -> list[Match]:
@@ -265,9 +268,9 @@ class Assistant:
 
 
 def _helper_batches() -> list[str]:
-    """The helper definitions packed into as few queries as one line can carry."""
+    """The helper definitions packed into as few queries as one line can carry, ALIASES_BACK last."""
     batches: list[str] = []
-    for helper in BASH_HELPERS:
+    for helper in (*BASH_HELPERS, ALIASES_BACK):
         joined = f"{batches[-1]}; {helper}" if batches else helper
         if batches and len(frame_query(joined, "0" * 16)) <= INLINE_LIMIT:
             batches[-1] = joined

@@ -3,10 +3,13 @@ what a completion function is called with, candidate parsing and quoting, the is
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lxc_kernel.assist import _helper_batches, inspect_word, is_program, shell_version
 from lxc_kernel.complete import (
+    ALIASES_BACK,
     BASH_HELPERS,
     Completeness,
     Kind,
@@ -211,7 +214,8 @@ def test_every_query_fits_one_line() -> None:
     """The helpers and a completion's query travel as one typed line (busybox keeps 1024 bytes)."""
     for batch in _helper_batches():
         assert len(frame_query(batch, "0" * 16)) <= INLINE_LIMIT
-    assert sum(batch.count("__lxck_") for batch in _helper_batches()) >= len(BASH_HELPERS)
+    assert re.findall(r"(__lxck_\w+)\(\) \{", "".join(_helper_batches())) == [h.split("(")[0] for h in BASH_HELPERS]
+    assert _helper_batches()[-1].endswith(ALIASES_BACK)
     word = word_at("git log --pretty=on", 19)
     assert len(frame_query(argument_script(word, "0" * 16), "0" * 16)) <= INLINE_LIMIT
 

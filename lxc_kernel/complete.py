@@ -31,7 +31,6 @@ COMP_WORDBREAKS = " \t\n\"'@><=;|&(:"
 _BLANKS = " \t\n"
 # Unquoted, these end one command and start the next (`$(` through its `(`).
 _SEPARATORS = ";&|(`"
-_CLOSERS = ";&|)`"
 # Words before the command name that are not the command: bash's reserved words that introduce one.
 _RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "time", "!", "{"})
 # After these, the next word is a command name (`sudo gi`, `type ec`), when no completion spec says more.
@@ -39,11 +38,12 @@ _COMMAND_KEYWORDS = frozenset(
     {"exec", "command", "sudo", "nohup", "env", "xargs", "builtin", "type", "which", "man", "timeout", "nice"}
 )
 _ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
-# Characters a completed name needs backslash-escaped to stay one word.
-# readline's rl_filename_quote_characters in bash (bashline.c), so a completed name stays one word.
+# Characters a completed file name needs backslash-escaped: readline's rl_filename_quote_characters in
+# bash (bashline.c), so the name stays one word and `:`/`=` do not split it for the next completion.
 _NEEDS_ESCAPE = re.compile(r"([ \t\n\\\"'@<>=;|&()#$`?*\[!:{~])")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SET_LINE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=", re.MULTILINE)
+_ASH_ALIAS_RE = re.compile(r"([^=\s/'\"]+)='")
 _FUNCTION_DEF_RE = re.compile(r"(?:^|[;&|{(\s])(?:function\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*\(\s*\)", re.MULTILINE)
 
 # busybox ash builtins (ash has no compgen): `help` in ash lists them, but not in every build.
@@ -563,8 +563,8 @@ def parse_candidates(word: Word, output: str, *, bash: bool, nonce: str = "", fu
         if tag == "o":
             options = set(text.split())
             continue
-        if not bash and word.kind is Kind.COMMAND and "=" in line:
-            tag, text = "c", line.split("=", 1)[0]  # ash's `alias` prints `ll='ls -l'`
+        if not bash and word.kind is Kind.COMMAND and (alias := _ASH_ALIAS_RE.match(line)):
+            tag, text = "c", alias.group(1)  # ash's `alias` prints `ll='ls -l'`
         elif tag == "x" and text[:1] in ("f", "d"):
             if text[0] == "f" and options & {"dirnames", "plusdirs"} and not options & {"default", "bashdefault"}:
                 continue

@@ -160,17 +160,26 @@ class Assistant:
             script = variables_script(word, bash=True)
         elif word.kind is Kind.USER:
             script = users_script(word, bash=True)
-        elif word.kind is Kind.FILE:
-            script = files_script(word.prefix, bash=True)
-        elif word.kind is Kind.COMMAND:
-            script = commands_script(word, bash=True)
+        elif word.kind in (Kind.FILE, Kind.COMMAND):
+            if word.kind is Kind.FILE:
+                script = files_script(word.prefix, bash=True)
+            else:
+                script = commands_script(word, bash=True)
+            # `!` when a cell removed the helpers (`unset -f`): define them again and ask once more.
+            script = f"\\builtin declare -F __lxck_cm __lxck_fl >/dev/null || \\builtin echo !; {script}"
+            out = self._ask(session, script)
+            if "!" in out.split("\n"):
+                self._ready.discard(session)
+                self._define_helpers(session)
+                out = self._ask(session, script)
+            return parse_candidates(word, out, bash=True)
         else:
             nonce = secrets.token_hex(8)
             try:
                 out = self._ask(session, argument_script(word, nonce))
             except ValueError:  # a command line too long for one query: plain file names
                 return parse_candidates(word, self._ask(session, files_script(word.prefix, bash=True)), bash=True)
-            if nonce not in out.split("\n"):
+            if f"{nonce}r" not in out.split("\n"):
                 # The helpers are gone (`unset -f` in a cell): define them again and ask once more.
                 self._ready.discard(session)
                 self._define_helpers(session)
@@ -268,14 +277,23 @@ class Assistant:
 
 
 def _helper_batches() -> list[str]:
-    """The helper definitions packed into as few queries as one line can carry, ALIASES_BACK last."""
+    """The helper definitions packed into as few queries as one line can carry (first fit, largest first),
+    with ALIASES_BACK in the last one."""
+    def fits(text: str) -> bool:
+        return len(frame_query(text, "0" * 16)) <= INLINE_LIMIT
+
     batches: list[str] = []
-    for helper in (*BASH_HELPERS, ALIASES_BACK):
-        joined = f"{batches[-1]}; {helper}" if batches else helper
-        if batches and len(frame_query(joined, "0" * 16)) <= INLINE_LIMIT:
-            batches[-1] = joined
+    for helper in sorted(BASH_HELPERS, key=len, reverse=True):
+        for i, batch in enumerate(batches):
+            if fits(f"{batch}; {helper}"):
+                batches[i] = f"{batch}; {helper}"
+                break
         else:
             batches.append(helper)
+    if fits(f"{batches[-1]}; {ALIASES_BACK}"):
+        batches[-1] = f"{batches[-1]}; {ALIASES_BACK}"
+    else:
+        batches.append(ALIASES_BACK)
     return batches
 
 

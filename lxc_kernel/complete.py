@@ -321,8 +321,10 @@ def _escaped(text: str, index: int) -> bool:
 # Output protocol of every candidate script: one candidate per line, its first character a tag.
 #   c command (alias, builtin, keyword, PATH)   u function   f file   d directory   w a spec's word
 #   x then f|d: a file from a fallback (`-o default`, no spec...)   o the spec's `-o` options (one line)
-# The programmable script prints a fresh nonce first: what a completion function wrote to the terminal
-# itself (/dev/tty) comes before it and is dropped.
+# The programmable script prints NONCE + "r" at once (the helpers are defined: a completion function that
+# exits its subshell leaves no nonce, which is no reason to define them again), and the nonce itself after
+# the completion function ran: what the function wrote to the terminal itself (/dev/tty) comes before it
+# and is dropped.
 
 # bash helpers, defined once per shell (see ALIASES_OFF). Their locals that stay alive while a completion
 # function runs are named _lk*: bash scoping is dynamic, and a function that sets `cur` or `i` without
@@ -374,8 +376,9 @@ _BASH_LOADER = (
 # (__lxck_cg). Alias expansion is off in there: bash parses a function's $(...) again when it runs, and a
 # cell's `alias grep=...` or `alias compgen=...` would reach into bash-completion's pipelines.
 _BASH_PROGRAMMABLE = (
-    "__lxck_pc() { if { builtin complete -p -- \"$3\" || builtin complete -p -- \"${3##*/}\" ||"
-    " builtin complete -p -D; } >/dev/null 2>&1; then (__lxck_pd \"$@\"); else builtin printf \"%s\\n\" \"$1\" o;"
+    "__lxck_pc() { builtin printf \"%sr\\n\" \"$1\"; if { builtin complete -p -- \"$3\" ||"
+    " builtin complete -p -- \"${3##*/}\" || builtin complete -p -D; } >/dev/null 2>&1; then (__lxck_pd \"$@\");"
+    " else builtin printf \"%s\\n\" \"$1\" o;"
     " if [[ $2 == c ]]; then __lxck_cm \"$9\"; else __lxck_fl \"$9\" x; fi; fi; }"
 )
 _BASH_PROGRAMMABLE_RUN = (

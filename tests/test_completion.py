@@ -207,6 +207,17 @@ def test_shell_options_of_a_cell_stay(k: Kernel) -> None:
     run(k, "set +f +u")
 
 
+def test_helpers_removed_by_a_cell_come_back(k: Kernel) -> None:
+    bash_only(k)
+    run(k, "_lxck_exit() { exit 3; }; complete -F _lxck_exit quits; unset -f __lxck_pc __lxck_fl")
+    assert complete(k, "fcmd t")["matches"] == ["three", "two"]
+    assert complete(k, "cat alph")["matches"] == ["alpha.txt"]
+    run(k, "unset -f __lxck_cm")
+    assert complete(k, "alp")["matches"] == ["alpha.txt"]
+    assert complete(k, "quits x")["matches"] == []  # the function ended its subshell: nothing, and no harm
+    assert run(k, "echo $x_before") == "7\n"
+
+
 def test_aliases_do_not_reach_the_helpers(containers: dict[str, str]) -> None:
     """The helpers are defined after a cell's aliases exist (first completion): they must not expand them."""
     kernel = start_kernel(containers["bash"])

@@ -222,11 +222,12 @@ def test_aliases_do_not_reach_the_helpers(containers: dict[str, str]) -> None:
     """The helpers are defined after a cell's aliases exist (first completion): they must not expand them."""
     kernel = start_kernel(containers["bash"])
     try:
-        run(kernel, f"mkdir -p {DIR}/sub; cd {DIR}; alias local=false builtin=false compgen=false")
+        run(kernel, f"mkdir -p {DIR}-aliases/sub; cd {DIR}-aliases; alias local=false builtin=false compgen=false")
         assert "sub/" in complete(kernel, "cd s")["matches"]
         assert complete(kernel, "ech")["matches"] == ["echo"]
         assert run(kernel, "shopt -q expand_aliases && echo on") == "on\n"
     finally:
+        kernel.execute(f"cd /; \\rm -rf {DIR}-aliases")
         kernel.shutdown()
 
 

@@ -14,7 +14,9 @@ every IOPub message of the cell read (the time a frontend waits):
 * ``per_target``: warm ``%%on`` of ``true`` over N, one target, and N targets; the plain single-container
   ``true`` cell beside it; the per-target overhead is (warm N - warm 1) / (N - 1);
 * ``idle``: CPU seconds of the kernel, its watchdog and the shell sessions over ``--idle`` seconds with N
-  sessions open and no cell running; the kernel's RSS, descriptors and process count then;
+  sessions open and no cell running; the kernel's RSS, descriptors and process count then; ``running``:
+  the same over 4 s while every target runs ``sleep 6``;
+* ``close_idle``: ``%on close`` of the N idle sessions, and ``reopen``: the next cell opening them again;
 * ``shutdown``: shutdown_kernel(now=False) while a ``%%on`` of ``sleep 100`` runs on all N: how long,
   the kernel's exit status, and how many of its processes were left (by PID).
 """
@@ -191,7 +193,7 @@ def main() -> int:
         k = Kernel()
         try:
             k.execute("true")  # the plain shell is attached
-            out["idle_before"] = idle_cpu(k.pid, args.idle)
+            out["idle_before"] = {**idle_cpu(k.pid, args.idle), "kernel_fds": psutil.Process(k.pid).num_fds()}
             log(f"idle before any %%on: {out['idle_before']}")
             # -- cold: the first use of N targets ---------------------------------------------------------
             cold, problems = [], []
@@ -236,6 +238,22 @@ def main() -> int:
                 "kernel_threads": kernel.num_threads(),
             }
             log(f"idle: {out['idle']}")
+            # -- %on close of N idle sessions, and opening them again -----------------------------------
+            seconds, content, _ = k.execute("%on close")
+            out["close_idle"] = {"seconds": round(seconds, 3), "status": content["status"]}
+            seconds, content, messages = k.execute(f"%%on {listed}\nhostname")
+            out["reopen"] = {"seconds": round(seconds, 3), "problems": check_hostname(names, content, messages)[:5]}
+            log(f"close: {out['close_idle']}, reopen: {out['reopen']}")
+            # -- a long cell: what the kernel spends while N targets sleep -------------------------------
+            msg_id = k.kc.execute(f"%%on {listed}\nsleep 6")
+            time.sleep(1.0)  # every target is in its sleep (not a measurement)
+            out["running"] = {**idle_cpu(k.pid, 4.0), "cell": "sleep 6 on every target"}
+            while True:
+                msg = k.kc.get_iopub_msg(timeout=60)
+                if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                        and msg["content"]["execution_state"] == "idle"):
+                    break
+            log(f"running: {out['running']}")
             # -- shutdown while a %%on runs everywhere ----------------------------------------------------
             k.kc.execute(f"%%on {listed}\necho started; sleep 100")
             time.sleep(1.0)  # the cell reaches every shell (not a measurement)

@@ -489,6 +489,10 @@ INPUT_CHECKS_PER_SECOND = 5.0
 # Whether the targets' containers still run is asked once a second for all of them (two lxc-ls), not by
 # each session (an lxc-info and a /proc scan per target per second, which with 50 targets was a core).
 HEALTH_EVERY = 1.0
+# Shells opened at the same time. Each opening holds a few more descriptors for a moment (lxc-info's
+# pipes, the new terminal, ptyprocess's exec-error pipe), and select() cannot watch one numbered 1024
+# or more: 150 sessions hold about 820 of them, so openings come 16 at a time (2 cores open no faster).
+OPEN_AT_ONCE = 16
 
 
 class Gate:
@@ -565,6 +569,7 @@ class FanOut:
         self.interrupted = False
         self._running: dict[int, ShellSession] = {}
         self._input_checks = Gate(INPUT_CHECKS_PER_SECOND)
+        self._opening = threading.Semaphore(OPEN_AT_ONCE)
 
     # -- the kernel's thread ---------------------------------------------------------------------------
     def interrupt(self) -> None:
@@ -687,7 +692,7 @@ class FanOut:
     def _run_target(self, target: Target) -> None:
         result = target.result
         signature = self.opener.signature(target.name, self.user)
-        member, note = self.fleet.acquire(target.name, signature, self.user, self.opener.open)
+        member, note = self.fleet.acquire(target.name, signature, self.user, self._open)
         target.opened = True
         if note:
             self._note(target, f"{target.name}: {note}")
@@ -741,6 +746,10 @@ class FanOut:
             self._note(target, f"{target.name}: the shell did not come back after the interrupt, so it was "
                                "closed; the next %%on there opens a fresh one")
         member.last = result.status.value
+
+    def _open(self, name: str, user: str) -> ShellSession:
+        with self._opening:
+            return self.opener.open(name, user)
 
     def _settled_state(self, name: str, status: int | None, settle: float = 2.0) -> State:
         """The container's state once it has settled: the terminal's EOF can come while ``lxc-stop`` is

@@ -435,7 +435,8 @@ class Status(enum.Enum):
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"  # interrupted before it started
-    GONE = "gone"  # the container stopped or went away, or the shell ended
+    GONE = "gone"  # the container stopped, froze or went away during the cell
+    EXITED = "exited"  # the shell itself ended (`exit N`, `set -e`); the next cell opens a fresh one
     ERROR = "error"  # no shell could be opened (not running, no such user, attach failed)
     INPUT = "input"  # a command waited for terminal input, which %%on cannot give
 
@@ -667,7 +668,7 @@ class FanOut:
                 result.status = Status.GONE
                 result.reason = f"the container is {state.value.lower()}; its shell ended with it"
             else:
-                result.status, result.reason = Status.GONE, str(exc)
+                result.status, result.reason = Status.EXITED, str(exc)
             result.exit_code = exc.status
             self._note(target, f"{target.name}: {result.reason}")
         except ContainerNotReady as exc:

@@ -13,6 +13,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -551,3 +552,20 @@ def test_restart_leaves_no_process(ten: list[str], containers: dict[str, str]) -
         assert k.execute(f"{on(ten[:2])}\necho fresh").status == "ok"
     finally:
         k.shutdown()
+
+
+def test_the_fleet_notebook_runs(jupyter_path: str) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "fleet.ipynb", as_version=4)
+    try:
+        NotebookClient(nb, kernel_name="lxck-test-sh", timeout=120).execute()
+    finally:
+        _destroy("lxck-t11-web1", "lxck-t11-web2", "lxck-t11-web3", "lxck-t11-db1")
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert [e.ename for e in errors] == ["FanOutFailed"]  # the cell tagged raises-exception
+    plain = [o.data["text/plain"] for c in nb.cells for o in c.get("outputs", []) if o.output_type == "display_data"]
+    assert any("lxck-t11-db1: bash Linux" in text for text in plain)
+    assert any("site=lxck-t11-web2\n<h1>lxck-t11-web2</h1>" in text for text in plain)
+    assert any("uid=1000(student)" in text for text in plain)

@@ -497,8 +497,12 @@ class LXCKernel(Kernel):
         if not hasattr(self, "_display_ids"):
             self._display_ids: set[str] = set()
         self._spill_dir()
-        if self._watchdog is not None:
-            self._watchdog.scan()  # the shell and its helpers are recorded before the cell can run long
+        if self._watchdog is not None and getattr(self, "_scanned_session", None) is not session:
+            # A new shell: recorded before the cell can run long. Not every cell: the watchdog's walk of
+            # /proc competes with the cell for the CPU (1.6 ms of a `true` cell on 2 busy cores); it also
+            # looks once a second anyway.
+            self._scanned_session = session
+            self._watchdog.scan()
         quiet = lambda *_: None  # noqa: E731
         return CellIO(
             session,

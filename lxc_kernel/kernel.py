@@ -315,9 +315,10 @@ class LXCKernel(Kernel):
             colors=self.colors,
             timeout=request.timeout or self.cell_timeout or None, describe=describe_status,
         )
+        before = {id(member.session) for member in self.fleet.members()}
         with self._sigint_calls(fan.interrupt):
             results = fan.run()
-        if self._watchdog is not None:
+        if self._watchdog is not None and any(id(m.session) not in before for m in self.fleet.members()):
             self._watchdog.scan()  # the shells this cell opened are recorded now, not at its next look
         if fan.interrupted:
             stopped = [r.name for r in results if r.status.value in ("interrupted", "skipped")]

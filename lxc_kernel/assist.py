@@ -105,6 +105,15 @@ def magic_table() -> MagicTable:
     return MagicTable(names, subcommands, takes)
 
 
+def _on_arg_choices(words: tuple[str, ...]) -> tuple[list[str], bool] | None:
+    """The magics registry's own choices for ``%on``/``%%on`` (None for every other magic)."""
+    try:
+        from .magics import arg_choices
+    except Exception:  # completion degrades without the registry, as magic_table() does
+        return None
+    return arg_choices(words)
+
+
 class Assistant:
     """Completion and inspection for one kernel; ``session`` returns the live session or None."""
 
@@ -139,7 +148,9 @@ class Assistant:
         if word.kind is Kind.MAGIC:
             return complete_names(word, self.magics.names)
         if word.kind is Kind.MAGIC_ARG:
-            choices, containers = magic_arg_choices(word, self.magics.subcommands, self.magics.takes_container)
+            # %on/%%on take container names and options, not subcommands alone: the magic says what fits.
+            choices, containers = _on_arg_choices(word.magic) or magic_arg_choices(
+                word, self.magics.subcommands, self.magics.takes_container)
             if containers:
                 choices = [*choices, *self.container_names()]
             return complete_names(word, choices)

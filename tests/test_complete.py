@@ -285,3 +285,14 @@ def test_is_complete_without_bash_is_unknown() -> None:
 )
 def test_inspect_word(code: str, pos: int, word: str) -> None:
     assert inspect_word(code, pos) == word
+
+
+def test_on_magic_completes_container_names_and_options() -> None:
+    """`%%on web<Tab>` offers container names (the registry says they fit), `--p<Tab>` the option."""
+    from lxc_kernel.assist import _on_arg_choices
+
+    choices, containers = _on_arg_choices(word_at("%%on lxck-t", 11).magic) or ([], False)
+    assert containers and "--parallel" in choices
+    choices, _ = _on_arg_choices(word_at("%%on web1 --p", 13).magic) or ([], False)
+    assert "--parallel" in choices
+    assert _on_arg_choices(word_at("%lxc sta", 8).magic) is None

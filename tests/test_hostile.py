@@ -486,6 +486,44 @@ def test_item3_stolen_token_cannot_forge_success(hk: Kernel) -> None:
     assert run(hk, "echo still in step").stream() == "still in step\n"
 
 
+# A job in its own session (so no SIGTTIN stops it) that reads the shell's terminal, where the kernel types
+# each cell's line: the line holds both halves of the cell's token, and the job prints a forged start and
+# success marker for them on the terminal's output.
+TTY_THIEF = r"""tty=$(readlink /proc/$$/fd/1); case "$tty" in /dev/pts/*) ;; *) exit 1;; esac
+setsid sh -c 'while IFS= read -r l; do set -- $l; case "$1" in *__lxck_pre)
+  printf "<<lxck:%s%s:S>><<lxck:%s%s:E0>>" "$2" "$3" "$2" "$3" > "$0";; esac; done < "$0"' "$tty" >/dev/null 2>&1 &
+"""
+TTY_THIEF_BUG = (
+    "issue 7 item 3, reported: the typed line carries both halves of the cell's token, and a job of the cell "
+    "that opens the shell's terminal (/dev/pts/N, in its own session so SIGTTIN does not stop it) can read it "
+    "before bash does: it forged `ok` for 3 of 7 and 4 of 12 cells `(exit 7)`, bash ran a garbled line (127), "
+    "and a cell whose line it took never got a reply (busybox ash: 20 of 20 right)"
+)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", ["sh", pytest.param("bash", marks=pytest.mark.xfail(strict=True,
+                                                                                      reason=TTY_THIEF_BUG))])
+def test_item3_terminal_reader_cannot_forge_or_stall(containers: dict[str, str], kind: str) -> None:
+    """"No channel that the cell's processes can read ever carries a token that can end or fail a cell":
+    the terminal's input side is such a channel. 20 cells `sleep 0.2; (exit 7)` with a job reading it: none
+    may be reported ok, and each must get its reply."""
+    k = start(containers[kind])
+    try:
+        ok(k, TTY_THIEF)
+        replies = []
+        for _ in range(20):
+            try:
+                r = run(k, "sleep 0.2; (exit 7)", timeout=20)
+            except TimeoutError:
+                replies.append("no reply within 20 s")
+                break
+            replies.append(f"{r.status}: {r.reply['content'].get('evalue', '')}")
+        assert not [r for r in replies if r.startswith("ok") or r.startswith("no reply")], replies
+    finally:
+        stop_kernel(k)
+
+
 # -- item 5: input requests nobody asked for ---------------------------------------------------------
 
 

@@ -111,6 +111,9 @@ class CellRun:
         self._out_text = TerminalText(keep_colors=keep_colors)
         self._err_text = TerminalText(keep_colors=keep_colors)
         self._buffer = OutputBuffer(sink, interval=timing.flush_interval)
+        self.line = line
+        self.retypes = 0  # the line was typed again: another reader of the terminal took it (session.py)
+        self.idle_line_seen = 0  # health ticks that saw the shell waiting for a line while SENT
         self._actions: list[Action] = [Action(Act.WRITE, line)]
         self._health_enabled = health
         self.last_data = now

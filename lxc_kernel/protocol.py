@@ -71,6 +71,17 @@ FLAG_DIR_GONE = "d"
 FLAG_ERR_BROKEN = "e"
 
 
+def new_secret() -> str:
+    """The per-session part of every stdout marker (see ``_FUNCTIONS``)."""
+    return secrets.token_hex(8)
+
+
+def _checked_secret(secret: str) -> str:
+    if not all(c in "0123456789abcdef" for c in secret):
+        raise ValueError("a session secret is lower-case hex")
+    return secret
+
+
 def sh_quote(text: str) -> str:
     """Single-quote ``text`` for the shell that reads it: the one quoting rule for shell text we build."""
     return "'" + text.replace("'", "'\\''") + "'"
@@ -122,10 +133,14 @@ def _checked_path(path: str, what: str) -> str:
 # __lxck_errok: is fd 28 still a FIFO? Without /proc, only whether it is open for writing.
 # The optional stderr-token arguments are read as ${3-} and ${4-}: after a cell's `set -u` a line without
 # them (helper queries, sync lines, cells with stderr merged) would otherwise stop at "unbound variable".
+# SECRET: the session's own part of every stdout marker, typed once here, before any cell runs. A
+# process that reads the terminal's input later (a `setsid` job opening /dev/pts/N) sees a cell's two
+# token halves but not this, so it cannot print a marker the kernel accepts (it forged `ok` for 4 of
+# 12 failing bash cells before). Commands the cell forks can still print the function bodies.
 _FUNCTIONS = (
     " __lxck_sx=$(command printf 'set -x\\nx'); __lxck_sx=${__lxck_sx%x};"
     " __lxck_pre() { case $- in *x*) command set +x; __lxck_x=$__lxck_sx;; *) __lxck_x=;; esac;"
-    " command printf '<<lxck:%s%s:S>>' \"$1\" \"$2\";"
+    " command printf '<<lxck:%s%sSECRET:S>>' \"$1\" \"$2\";"
     f" command [ -z \"${{3-}}\" ] || command printf '<<lxck:%s%s:S>>' \"$3\" \"$4\" >&{ERR_FD}; }};"
     f" __lxck_errok() {{ if command [ -d /proc/self/fd ]; then command [ -p /proc/self/fd/{ERR_FD} ];"
     f" else {{ command : >&{ERR_FD}; }} 2>/dev/null; fi; }};"
@@ -133,7 +148,7 @@ _FUNCTIONS = (
     " if command [ -n \"${4-}\" ]; then if __lxck_errok;"
     f" then command printf '<<lxck:%s%s:E%s>>' \"$4\" \"$5\" \"$1\" >&{ERR_FD};"
     " else __lxck_f=${__lxck_f}e; fi; fi;"
-    " command printf '<<lxck:%s%s:E%s%s>>' \"$2\" \"$3\" \"$1\" \"${__lxck_f:+:$__lxck_f}\"; };"
+    " command printf '<<lxck:%s%sSECRET:E%s%s>>' \"$2\" \"$3\" \"$1\" \"${__lxck_f:+:$__lxck_f}\"; };"
 )
 
 # Makes a session directory (0700, unguessable) with the stderr FIFO and holds it on fds 28 and 29,
@@ -164,7 +179,7 @@ class ShellScript:
         ).encode()
 
     @staticmethod
-    def bootstrap(token: str) -> bytes:
+    def bootstrap(token: str, secret: str = "") -> bytes:
         """Install the framing functions and report, one per line: bash version, shell pid, whether
         ``/dev/tty`` opens, and the session directory (empty when none could be made)."""
         a, b = split_token(token)
@@ -173,7 +188,7 @@ class ShellScript:
             # wraps prompts in bracketed-paste codes); ash ignores it with an error we discard.
             "PS1=''; PS2=''; PS4='+ '; unset PROMPT_COMMAND HISTFILE; set +o history 2>/dev/null;"
             " bind 'set enable-bracketed-paste off' 2>/dev/null;"
-            + _FUNCTIONS
+            + _FUNCTIONS.replace("SECRET", _checked_secret(secret))
             + f" __lxck_pre {a} {b}; command printf '%s\\n%s\\n' \"${{BASH_VERSION:-}}\" \"$$\";"
             # Capabilities, one line: /dev/tty opens (interactive cells read it), $'...' quoting works
             # (cells then need no command substitution: one fork less per cell).

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from . import stdin as input_detection
 from .bounded import OutputTooLarge
-from .cellrun import Act, Action, CellRun, RunResult, Timing
+from .cellrun import Act, Action, CellRun, Phase, RunResult, Timing
 from .errors import LxcKernelError, ShellExited, ShellTimeout
 from .output import Sink
 from .protocol import (
@@ -37,6 +37,7 @@ from .protocol import (
     frame_remake_dir,
     frame_sync,
     inline_length,
+    new_secret,
     new_token,
     script_file,
     valid_session_dir,
@@ -49,11 +50,16 @@ __all__ = ["RunHooks", "RunResult", "ShellSession", "UploadFailed"]
 # (LXC-FACTS); longer cells travel as a file written through a pipe helper.
 INLINE_LIMIT = 960
 INTERRUPT_GRACE = 2.0  # after ^C, how long the shell gets to come back before it is replaced
+MAX_RETYPES = 3  # a cell's line typed again when another reader of the terminal took it
 QUERY_LIMIT = 1 << 20  # what a hidden helper command may print (completion in a huge directory...)
 TRANSCRIPT_LIMIT = 4096  # what the shell said before its handshake, kept for error messages
 # The stderr reader: the FIFO by its path, or through the shell's fd when the directory was removed.
 _STDERR_READER = '[ -p "$1" ] && exec cat "$1"; exec cat "/proc/$2/fd/29"'
 _UPLOAD = 'umask 077; cat > "$1"'
+
+
+class LineTaken(LxcKernelError):
+    """Another reader of the shell's terminal kept taking the kernel's typed line."""
 
 
 class UploadFailed(LxcKernelError):
@@ -125,6 +131,8 @@ class ShellSession:
         # the loop can close the session from the same thread.
         self._busy = threading.RLock()
         self._transcript = b""
+        # The session's part of every stdout marker, typed once in the bootstrap (protocol._FUNCTIONS).
+        self._secret = new_secret()
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -152,11 +160,11 @@ class ShellSession:
         deadline = time.monotonic() + timeout
         try:
             probe = new_token()
-            self._exchange(ShellScript.probe(probe), probe, deadline, retry=0.03)
+            self._exchange(ShellScript.probe(probe), probe, deadline, retry=0.03, secret=False)
             # lxc-attach re-applies the terminal modes it saved at startup, undoing the first clear.
             self._chan.clear_onlcr()
             boot = new_token()
-            info = Handshake.parse(self._exchange(ShellScript.bootstrap(boot), boot, deadline))
+            info = Handshake.parse(self._exchange(ShellScript.bootstrap(boot, self._secret), boot, deadline))
             self.info = info
             self._watch_shell()
             for line in (SWEEP_STALE_DIRS, *self.setup):
@@ -202,7 +210,7 @@ class ShellSession:
             return
         tree = process_tree(reader.pid)  # type: ignore[attr-defined]
         kill_tree(tree)
-        wait_gone(tree, 1.0)
+        wait_gone(tree, 0.3)  # zombies count as gone: the read loop must not wait for init's reaping
         try:
             reader.wait(0.5)  # type: ignore[attr-defined]
         except Exception:
@@ -333,7 +341,7 @@ class ShellSession:
             idle_every=hooks.idle_every if hooks is not None else 0.15,
         )
         cell = CellRun(
-            line, token, sink, time.monotonic(), err_token=err_token,
+            line, token + self._secret, sink, time.monotonic(), err_token=err_token,
             sync_line=lambda: frame_sync(token, err_token), timing=timing, keep_colors=self.keep_colors,
             health=self.health_check is not None,
         )
@@ -421,6 +429,15 @@ class ShellSession:
         elif act is Act.INTERRUPTING and hooks is not None:
             hooks.interrupting()
         elif act is Act.HEALTH:
+            if cell.phase is Phase.SENT and self._shell_awaits_line():
+                # Seen at two health ticks in a row (2 s): a start marker merely slow in transit under
+                # load must not make a cell run twice.
+                cell.idle_line_seen += 1
+                if cell.idle_line_seen >= 2:
+                    cell.idle_line_seen = 0
+                    self._retype(cell, chan)
+            elif cell.phase is Phase.SENT:
+                cell.idle_line_seen = 0
             if self._reader_stalled():
                 self._respawn_reader(cell)
             if self.health_check is not None:
@@ -432,6 +449,31 @@ class ShellSession:
                     raise
         elif act is Act.RESPAWN_STDERR:
             self._respawn_reader(cell)
+
+    def _shell_awaits_line(self) -> bool:
+        """The shell sits in a read of its own terminal (its next command line) while a cell's line was
+        typed a second ago: someone else read that line. Only the host's /proc can tell."""
+        pid = self.shell_host_pid
+        if not pid:
+            return False
+        fds = input_detection.waiting_fds(pid)
+        return bool(fds) and all(input_detection.own_line_read(pid, fd) for fd in fds)
+
+    def _retype(self, cell: CellRun, chan: PtyChannel) -> None:
+        """Type the cell's line again; a thief has its two token halves, but without the session's
+        secret it cannot fake the markers. After MAX_RETYPES the cell fails instead of waiting forever."""
+        if cell.retypes >= MAX_RETYPES:
+            cell.stop(time.monotonic())
+            raise LineTaken(
+                f"another process in the container reads the shell's terminal and took the cell's line "
+                f"{cell.retypes + 1} times, so the cell did not run. Find it with `ps` (a process reading "
+                "/dev/pts/N) and stop it; the shell was closed, the next cell starts a fresh one."
+            )
+        cell.retypes += 1
+        try:
+            chan.write(cell.line)
+        except OSError:
+            cell.stdout_closed(time.monotonic())
 
     def _respawn_reader(self, cell: CellRun | None) -> None:
         if not self._err_enabled or self.info is None:
@@ -604,12 +646,12 @@ class ShellSession:
     _last_status: int | None = None
 
     def _exchange(self, line: bytes, token: str, deadline: float, retry: float | None = None,
-                  limit: int = QUERY_LIMIT) -> bytes:
+                  limit: int = QUERY_LIMIT, secret: bool = True) -> bytes:
         """Write ``line`` and collect output until its end marker (retrying the write if asked). Output
         past ``limit`` is dropped; the shell is still read to the marker, so it stays in step."""
         chan = self._chan
         assert chan is not None
-        parser = CellParser(token)
+        parser = CellParser(token + self._secret if secret else token)
         out: list[bytes] = []
         size = 0
         next_write: float | None = time.monotonic()

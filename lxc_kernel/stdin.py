@@ -264,7 +264,7 @@ def find_waiter(shell_pid: int) -> Waiter | None:
             continue
         fds = waiting_fds(pid)
         if pid == shell_pid:
-            fds = [fd for fd in fds if not _own_line_read(pid, fd)]
+            fds = [fd for fd in fds if not own_line_read(pid, fd)]
         if not fds:
             continue
         # Read the mode through a /dev/pts link: a /dev/tty link opened from the host would mean the
@@ -291,7 +291,7 @@ def read_count(pid: int) -> int | None:
     return None
 
 
-def _own_line_read(shell_pid: int, fd: int) -> bool:
+def own_line_read(shell_pid: int, fd: int) -> bool:
     """The shell reading its *own* next command line, not a cell's ``read``.
 
     The shell reads commands through the read-write terminal fd it was started with; a cell with stdin

@@ -242,20 +242,42 @@ class LocalTransport(Transport):
 def child_pid(pid: int) -> int | None:
     """The single child of ``pid`` (lxc-attach forks the shell as its direct child), else None."""
     try:
-        children = psutil.Process(pid).children()
-    except psutil.Error:
+        children = children_of(pid)
+    except OSError:
         return None
-    return children[0].pid if len(children) == 1 else None
+    return children[0] if len(children) == 1 else None
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children, from /proc/PID/task/*/children: proportional to this process, not to every
+    process on the host (psutil's children() walks all of /proc, which grew with every open session)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out.extend(int(p) for p in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
     """``pid`` and its descendants as psutil handles, taken now: a later kill checks the handle still
     names the same process (psutil compares start times), so a reused PID is never signalled."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
+    out: list[psutil.Process] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop(0)
+        try:
+            out.append(psutil.Process(current))
+        except psutil.Error:
+            continue
+        todo.extend(children_of(current))
+    return out
 
 
 def kill_tree(processes: Sequence[psutil.Process], sig: int = signal.SIGKILL) -> None:
@@ -267,7 +289,18 @@ def kill_tree(processes: Sequence[psutil.Process], sig: int = signal.SIGKILL) ->
 
 
 def wait_gone(processes: Sequence[psutil.Process], timeout: float) -> None:
-    try:
-        psutil.wait_procs(list(processes), timeout=timeout)
-    except psutil.Error:
-        pass
+    """Wait until each process is gone or a zombie. A killed grandchild is reaped by the host's init,
+    which here reaps about once a second: waiting for that would hold a cell or a shutdown for nothing."""
+    deadline = time.monotonic() + timeout
+    pending = list(processes)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for proc in pending:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    still.append(proc)
+            except psutil.Error:
+                continue
+        pending = still
+        if pending:
+            time.sleep(0.01)

@@ -493,17 +493,10 @@ TTY_THIEF = r"""tty=$(readlink /proc/$$/fd/1); case "$tty" in /dev/pts/*) ;; *) 
 setsid sh -c 'while IFS= read -r l; do set -- $l; case "$1" in *__lxck_pre)
   printf "<<lxck:%s%s:S>><<lxck:%s%s:E0>>" "$2" "$3" "$2" "$3" > "$0";; esac; done < "$0"' "$tty" >/dev/null 2>&1 &
 """
-TTY_THIEF_BUG = (
-    "issue 7 item 3, reported: the typed line carries both halves of the cell's token, and a job of the cell "
-    "that opens the shell's terminal (/dev/pts/N, in its own session so SIGTTIN does not stop it) can read it "
-    "before bash does: it forged `ok` for 3 of 7 and 4 of 12 cells `(exit 7)`, bash ran a garbled line (127), "
-    "and a cell whose line it took never got a reply (busybox ash: 20 of 20 right)"
-)
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("kind", ["sh", pytest.param("bash", marks=pytest.mark.xfail(strict=True,
-                                                                                      reason=TTY_THIEF_BUG))])
+@pytest.mark.parametrize("kind", ["sh", "bash"])
 def test_item3_terminal_reader_cannot_forge_or_stall(containers: dict[str, str], kind: str) -> None:
     """"No channel that the cell's processes can read ever carries a token that can end or fail a cell":
     the terminal's input side is such a channel. 20 cells `sleep 0.2; (exit 7)` with a job reading it: none

@@ -364,7 +364,7 @@ def profile_raw_shell(container: str, reps: int, command: str = "true", editing:
         return False
 
     try:
-        # Typed again until it answers: lxc-attach drops the first bytes written (LXC-FACTS).
+        # Typed again until it answers: lxc-attach drops the first bytes written (measured, LXC 5.0.2).
         if not wait_for(b"RDY42", 10.0, resend=b"stty -echo -onlcr; PS1=''; PS2=''; printf 'RDY%s\\n' 42\n"):
             return {"error": "bash under PTY did not answer"}
         time.sleep(0.1)

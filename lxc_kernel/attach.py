@@ -148,7 +148,7 @@ class AttachOptions:
         for key in passed:
             argv += ["--keep-var", key]
         if self.uid is not None:
-            # -u alone leaves gid 0 (LXC-FACTS): always pass both.
+            # -u alone leaves gid 0 (measured, LXC 5.0.2): always pass both.
             argv += ["-u", str(self.uid), "-g", str(self.gid if self.gid is not None else self.uid)]
         elif self.gid is not None:
             argv += ["-g", str(self.gid)]
@@ -187,7 +187,7 @@ class LxcAttachTransport(Transport):
 
     lxc-attach forks the shell as its direct child, so the host sees it (and its commands) in /proc,
     unless lxc-* runs through sudo: a normal user cannot read another user's ``syscall`` or ``fd``
-    (LXC-FACTS), so input detection then runs inside the container instead.
+    (measured, LXC 5.0.2), so input detection then runs inside the container instead.
     """
 
     name = "lxc-attach"

@@ -76,7 +76,7 @@ class Tools:
         if self.lxcpath:
             argv += ["-P", validate_path(self.lxcpath, "lxcpath")]
         if log:
-            # Many lxc-* tools exit 1 with no message unless given a log target (LXC-FACTS).
+            # Many lxc-* tools exit 1 with no message unless given a log target (measured, LXC 5.0.2).
             argv += ["-l", "ERROR", "-o", "/dev/stderr"]
         return argv + list(args)
 

@@ -171,7 +171,7 @@ class ShellScript:
         """First line typed: quiet the terminal and answer with an empty framed reply.
 
         Typed again until it answers, because lxc-attach drops the first bytes written before it has
-        set up its own terminal (LXC-FACTS). Safe to run twice.
+        set up its own terminal (measured, LXC 5.0.2). Safe to run twice.
         """
         a, b = split_token(token)
         return (
@@ -318,7 +318,7 @@ class CellParser:
     start marker are discarded (prompts, late job notices, a previous cell's leftovers); a repeated
     start marker (from a resync line) is dropped. Only a tail that could still grow into a marker is
     held back, so the work per chunk stays proportional to the chunk: a whole-buffer search made
-    15 MB of output 10x slower (LXC-FACTS).
+    15 MB of output 10x slower (measured, LXC 5.0.2).
     """
 
     __slots__ = ("_buf", "_prefix", "flags", "started", "status")

@@ -49,7 +49,7 @@ KINDS = ("busybox", "hostfs", "debian")
 NET_EMPTY_CONFIG = "lxc.net.0.type = empty\nlxc.net.0.flags = up\n"
 
 # The busybox template writes lxc.pty.max = 1, so a second concurrent session got a host pty and `tty`
-# said "not a tty" (LXC-FACTS). Each kernel holds one PTY session; 64 leaves room for many.
+# said "not a tty" (measured, LXC 5.0.2). Each kernel holds one PTY session; 64 leaves room for many.
 PTY_MAX = "64"
 
 # lxc.container.conf(5): with cgroup namespaces LXC leaves mounting cgroups to the container's init
@@ -58,7 +58,7 @@ CGROUP_AUTO = "cgroup:mixed:force"
 
 INIT_LXC = "/usr/sbin/init.lxc"
 COMMON_CONF = "/usr/share/lxc/config/common.conf"
-DEBIAN_RELEASE = "bookworm"  # on the mirror "stable" now means trixie (LXC-FACTS)
+DEBIAN_RELEASE = "bookworm"  # on the mirror "stable" now means trixie (measured, LXC 5.0.2)
 KIND_MARKER = "# lxc-kernel: kind = "
 STUDENT_UID = 1000
 

@@ -47,7 +47,7 @@ from .transport import PtyChannel, Transport, kill_tree, process_tree, wait_gone
 __all__ = ["RunHooks", "RunResult", "ShellSession", "UploadFailed"]
 
 # busybox ash edits lines in a 1024-byte buffer and runs the overflow as the next command
-# (LXC-FACTS); longer cells travel as a file written through a pipe helper.
+# (measured, LXC 5.0.2); longer cells travel as a file written through a pipe helper.
 INLINE_LIMIT = 960
 INTERRUPT_GRACE = 2.0  # after ^C, how long the shell gets to come back before it is replaced
 MAX_RETYPES = 3  # a cell's line typed again when another reader of the terminal took it
@@ -625,7 +625,7 @@ class ShellSession:
         return self._last_status or 0, out.decode("utf-8", "replace")
 
     def _resync(self) -> None:
-        """^C flushes type-ahead input, so keep typing the sync line until it answers (LXC-FACTS).
+        """^C flushes type-ahead input, so keep typing the sync line until it answers (measured, LXC 5.0.2).
 
         If it does not answer (a frozen container, a helper that ignores SIGINT) the session is kept:
         a completion must not destroy the user's shell. The next cell's start marker drops whatever

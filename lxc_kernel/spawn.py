@@ -19,6 +19,6 @@ TOOL_ENV = {
 
 def reset_child_signals() -> None:
     """Run in the child before exec: the kernel app ignores SIGINT and children inherit that
-    (LXC-FACTS); `cat` and friends also need SIGPIPE back to its default."""
+    (measured, LXC 5.0.2); `cat` and friends also need SIGPIPE back to its default."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

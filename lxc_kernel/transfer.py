@@ -2,7 +2,7 @@
 
 Like the session, this takes a ``launcher`` (an argv inside the target -> a host argv) and knows nothing
 of LXC. The file travels over the pipes of one non-PTY attach (``cat > "$1"`` / ``cat -- "$1"``): a PTY
-would translate line endings and drop control bytes, and pipes ran 30x faster (LXC-FACTS). Files are
+would translate line endings and drop control bytes, and pipes ran 30x faster (measured, LXC 5.0.2). Files are
 streamed from and to disk, never held in memory, and the container path is an argument (``$1``), never
 shell text.
 """

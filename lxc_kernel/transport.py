@@ -68,7 +68,7 @@ class PtyChannel:
         return not self._closed and self._proc.isalive()
 
     def clear_onlcr(self) -> None:
-        """Two onlcr layers turn \\n into \\r\\r\\n (LXC-FACTS): clear the host side here; the inner
+        """Two onlcr layers turn \\n into \\r\\r\\n (measured, LXC 5.0.2): clear the host side here; the inner
         side is cleared with ``stty -onlcr`` by the session's first line."""
         try:
             attrs = termios.tcgetattr(self._proc.fd)

@@ -103,7 +103,7 @@ def test_jupyterlab_run_complete_interrupt_display(lab: tuple[str, str]) -> None
             page.set_default_timeout(60_000)
             page.goto(f"{base}/lab/tree/browser.ipynb?token={token}")
 
-            # 1. The notebook opens on the lxc kernel; wait for Idle before typing (LXC-FACTS).
+            # 1. The notebook opens on the lxc kernel; wait for Idle before typing (measured, LXC 5.0.2).
             status = page.locator(".jp-Notebook-ExecutionIndicator")
             expect(status).to_have_attribute("data-status", "idle", timeout=90_000)
             expect(page.locator(".jp-Toolbar-kernelName").first).to_contain_text(KERNEL)

@@ -318,19 +318,24 @@ def read_capped(path: str, limit: int) -> bytes | None:
     except (OSError, ValueError):
         return None
     try:
-        chunks = []
-        left = limit
-        while left > 0:
-            data = os.read(fd, min(left, _CHUNK))  # /proc may return less than asked before its end
-            if not data:
-                break
-            chunks.append(data)
-            left -= len(data)
-        return b"".join(chunks)
+        return _read_up_to(fd, limit)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes from ``fd``, to its end (/proc may return less than asked before it)."""
+    chunks = []
+    left = limit
+    while left > 0:
+        data = os.read(fd, min(left, _CHUNK))
+        if not data:
+            break
+        chunks.append(data)
+        left -= len(data)
+    return b"".join(chunks)
 
 
 def read_tail(path: str, limit: int, start: int = 0) -> bytes | None:
@@ -345,15 +350,7 @@ def read_tail(path: str, limit: int, start: int = 0) -> bytes | None:
     try:
         end = os.fstat(fd).st_size
         os.lseek(fd, max(start, end - limit), os.SEEK_SET)
-        chunks = []
-        left = limit
-        while left > 0:
-            data = os.read(fd, min(left, _CHUNK))
-            if not data:
-                break
-            chunks.append(data)
-            left -= len(data)
-        return b"".join(chunks)
+        return _read_up_to(fd, limit)
     except OSError:
         return None
     finally:

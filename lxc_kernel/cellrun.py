@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .ansi import TerminalText
 from .output import OutputBuffer
-from .protocol import FLAG_DIR_GONE, FLAG_ERR_BROKEN, CellParser
+from .protocol import FLAG_ERR_BROKEN, CellParser
 from .timers import Deadline, earliest
 
 Sink = Callable[[str, str], None]
@@ -314,7 +314,3 @@ class CellRun:
             stderr_lost=self.stderr_lost and not self.interrupted,
             stopped=self.stopped,
         )
-
-    @property
-    def dir_gone(self) -> bool:
-        return FLAG_DIR_GONE in self.out.flags

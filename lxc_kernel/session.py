@@ -150,10 +150,6 @@ class ShellSession:
         reader = getattr(self._reader, "pid", None)
         return [p for p in (self.pid, reader) if p]
 
-    @property
-    def stderr_separate(self) -> bool:
-        return self._err_enabled
-
     def start(self, timeout: float = 10.0) -> Handshake:
         """Spawn the shell and handshake; raise ShellExited/ShellTimeout with what the shell said."""
         self._chan = self.transport.open_shell(self.dimensions)

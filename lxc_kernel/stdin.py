@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bounded import read_capped
+from .transport import children_of
 
 # Syscall numbers of the waits we recognise, per architecture (asm/unistd_64.h, asm-generic/unistd.h).
 _SYSCALLS = {
@@ -135,19 +136,12 @@ def _read(path: str, binary: bool = False, limit: int = _PROC_LIMIT) -> str | by
 
 
 def descendants(root: int) -> list[int]:
-    """``root`` and every process below it, parents first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            text = _read(f"/proc/{entry}/stat")
-            if isinstance(text, str):
-                try:
-                    children.setdefault(parse_stat(text).ppid, []).append(int(entry))
-                except (ValueError, IndexError):
-                    continue
+    """``root`` and every process below it, parents first. Through /proc/PID/task/*/children: this runs
+    at every quiet spell of a cell with stdin allowed, and a walk of all of /proc grew with every
+    session on the host."""
     out, todo = [root], [root]
     while todo:
-        for child in children.get(todo.pop(0), []):
+        for child in children_of(todo.pop(0)):
             out.append(child)
             todo.append(child)
     return out

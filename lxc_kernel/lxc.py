@@ -60,6 +60,7 @@ class State(enum.Enum):
     FREEZING = "FREEZING"
     FROZEN = "FROZEN"
     THAWED = "THAWED"
+    ERROR = "ERROR"  # Incus/LXD only: the instance failed (lxc-info never says it)
     MISSING = "MISSING"
 
 

@@ -16,7 +16,9 @@ from ipykernel.kernelbase import Kernel
 
 from . import __version__, ephemeral, watchdog
 from .assist import Assistant, shell_version
-from .attach import ELEVATED, NAMESPACES, AttachOptions, LxcAttachTransport, env_pairs, parse_flags
+from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
+from .backends import Backend, NotSupported, check_settings
+from .backends import make as make_backend
 from .budget import DEFAULT_LIMIT, DEFAULT_SPILL_LIMIT, SpillDir, parse_size
 from .cellio import CellIO, restore_echo
 from .complete import is_complete
@@ -32,7 +34,7 @@ from .fanout import (
     failure_message,
     resolve_targets,
 )
-from .lxc import ADVICE, Container, State, Tools, list_names
+from .lxc import State, Tools
 from .magics import REGISTRY, check_on_policy, parse_on, run_magics, split_cell, split_on_cell
 from .options import config_errors
 from .options import traits as option_traits
@@ -84,7 +86,7 @@ class LXCKernel(Kernel):
         super().__init__(**kwargs)
         self.shell_session: ShellSession | None = None
         self._options: AttachOptions | None = None
-        self._ephemeral_copy: Container | None = None
+        self._ephemeral_copy: str | None = None
         self._spill: SpillDir | None = None  # made by the first cell that needs it
         # Started before anything else: whatever the kernel starts from here on is cleaned up if it dies.
         # Only in a kernel process (the app exists before it builds its kernel): an LXCKernel built in a
@@ -96,17 +98,57 @@ class LXCKernel(Kernel):
     # -- attach ---------------------------------------------------------------------------------
     @property
     def tools(self) -> Tools:
-        return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo)
+        """How the classic backend runs ``lxc-*``: lxcpath, sudo, and the ssh link to another host."""
+        if not self.ssh:
+            return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo)
+        return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo, remote=self._ssh_link())  # type: ignore[call-arg]
 
-    def target(self) -> Container:
-        return Container(self.container, self.tools)
+    def _ssh_link(self) -> Any:
+        """The kernel's one ssh connection (ControlMaster) to the ``ssh`` host, opened on first use and
+        closed at shutdown."""
+        link = getattr(self, "_ssh", None)
+        if link is not None and getattr(link, "spec", self.ssh) == self.ssh:
+            return link
+        try:
+            from .ssh import SshLink, parse_target  # type: ignore[import-not-found]
+        except ImportError:
+            raise NotSupported("ssh", "this build", "it has no ssh transport (lxc_kernel/ssh.py)") from None
+        self._close_ssh()
+        link = SshLink(parse_target(self.ssh))
+        link.open()
+        link.spec = self.ssh
+        self._ssh = link
+        return link
+
+    def _close_ssh(self) -> None:
+        link, self._ssh = getattr(self, "_ssh", None), None
+        if link is not None:
+            with contextlib.suppress(Exception):
+                link.close()
+
+    @property
+    def lifecycle(self) -> Backend:
+        """The container manager (backends/): made from the ``backend``, ``project``, ``lxcpath``, ``sudo``
+        and ``ssh`` options, and made again when one of them changes. Raises ConfigError when they don't
+        fit together (a project on the classic backend, ssh on Incus...)."""
+        key = (self.backend, self.project, self.lxcpath, self.sudo, self.ssh)
+        if getattr(self, "_lifecycle_key", None) != key:
+            settings = {name: getattr(self, name) for name in
+                        ("backend", "project", "ssh", "lxcpath", "sudo", "namespaces", "elevated", "remount_sys_proc")}
+            if errors := check_settings(settings):
+                raise ConfigError("the kernel's backend options do not fit together: " + "; ".join(errors))
+            self._lifecycle = make_backend(self.backend, tools=self.tools if self.backend == "lxc" else None,
+                                           project=self.project)
+            self._lifecycle_key = key
+        return self._lifecycle
 
     def attach_options(self) -> AttachOptions:
         """Validate the configuration into an AttachOptions (raises ConfigError with what is wrong)."""
-        container = self.target()
-        options = self.base_attach_options(container.name)
+        lifecycle = self.lifecycle
+        name = lifecycle.validate_name(self.container)
+        options = self.base_attach_options(lifecycle.short_name(name))
         if self.user:
-            options = resolve_user(container, self.user, options)
+            options = resolve_user(lifecycle.transport(options, name), self.user, options)
         return options
 
     def base_attach_options(self, name: str) -> AttachOptions:
@@ -137,15 +179,15 @@ class LXCKernel(Kernel):
         if prepare:
             self.prepare_container()
         options = self.attach_options()
-        container = self.target()
-        container.require_running()
+        lifecycle, name = self.lifecycle, self.container
+        lifecycle.require_running(name)
         setup = ["cd"] if options.cwd is None else [f"cd -- {sh_quote(options.cwd)}"]
         session = ShellSession(
-            LxcAttachTransport(options),
+            lifecycle.transport(options, name),
             setup=setup,
             separate_stderr=self.stderr == "separate",
             keep_colors=self.colors,
-            health_check=container.require_running,
+            health_check=lambda: lifecycle.require_running(name),
             on_new_dir=self._install_helpers,
         )
         try:
@@ -284,14 +326,14 @@ class LXCKernel(Kernel):
 
         def names() -> list[str]:
             nonlocal listed
-            listed = list_names(self.tools)
+            listed = self.lifecycle.names()
             return listed
 
         try:
             request = parse_on(args)
             if errors := config_errors(self):
                 raise ConfigError("the kernel's configuration has invalid values: " + "; ".join(errors.values()))
-            targets = resolve_targets(request.targets, names)
+            targets = resolve_targets(request.targets, names, self.lifecycle.validate_name)
             notes = self.fleet.sweep(listed)
             self.fleet.check_cap(targets, int(self.max_fanout_sessions))
             user = request.user if request.user is not None else self.user
@@ -307,7 +349,7 @@ class LXCKernel(Kernel):
                 else BlockView(emit_stream, emit_message, f"lxck-on-{secrets.token_hex(6)}"))
         fan = FanOut(
             self.fleet,
-            LxcTargets(self.base_attach_options, self.tools, separate_stderr=self.stderr == "separate",
+            LxcTargets(self.base_attach_options, self.lifecycle, separate_stderr=self.stderr == "separate",
                        startup_timeout=self.startup_timeout),
             targets, body, request,
             user="" if user in ("root", "0", "0:0") else user,
@@ -343,7 +385,7 @@ class LXCKernel(Kernel):
         """A dead shell: say whether the container went away, and that the next cell starts afresh."""
         state = self._state_after_exit(exc.status)
         if state is not State.RUNNING:
-            advice = ADVICE.get(state, "check it with `lxc-info -n {name}`.").format(name=self.container)
+            advice = self.lifecycle.advice(self.container, state)
             err = ContainerNotReady(self.container, state.value, f"the shell ended with it. To continue, {advice}")
             return self._error("ContainerNotReady", str(err))
         return self._error("ShellExited", f"{exc} The next cell starts a fresh shell.")
@@ -356,7 +398,7 @@ class LXCKernel(Kernel):
         deadline = time.monotonic() + (settle if status in (None, 129, 137, 255) else 0.0)
         while True:
             try:
-                state = self.target().state()
+                state = self.lifecycle.state(self.container)
             except LxcKernelError:
                 return State.RUNNING
             if state not in (State.RUNNING, State.STOPPING, State.ABORTING) or time.monotonic() >= deadline:
@@ -387,31 +429,34 @@ class LXCKernel(Kernel):
 
     def prepare_container(self) -> None:
         """Before attaching: make the ephemeral copy, or create/start the container when configured to."""
+        lifecycle = self.lifecycle
         if self.ephemeral and self._ephemeral_copy is None:
-            copy = ephemeral.create(self.ephemeral, self.tools, timeout=self.startup_timeout)
+            copy = ephemeral.create(self.ephemeral, lifecycle, timeout=self.startup_timeout)
             self._ephemeral_copy = copy
-            self.container = copy.name
-            self._stream("stderr", f"ephemeral container {copy.name} (a copy of {self.ephemeral}, "
+            self._ephemeral_backend = lifecycle
+            self.container = copy
+            self._stream("stderr", f"ephemeral container {copy} (a copy of {self.ephemeral}, "
                                    "destroyed when this kernel stops)\n")
             return
         if not (self.create_missing or self.start_stopped):
             return
-        container = self.target()
-        state = container.state()
+        name = lifecycle.validate_name(self.container)
+        state = lifecycle.state(name)
         if state is State.MISSING and self.create_missing:
-            from .provision import provision
-
-            done = provision(container.name, self.create_missing, start=True, tools=self.tools)
-            self._stream("stderr", f"created container {container.name} ({self.create_missing}) "
-                                   f"in {done.seconds:.2f} s\n")
+            seconds = lifecycle.provision(name, self.create_missing, start=True)
+            what = "kind" if lifecycle.create_kinds else "image"
+            self._stream("stderr", f"created container {name} ({what} {self.create_missing}) in {seconds:.2f} s\n")
         elif state in (State.STOPPED, State.FROZEN):
-            reached = container.start(self.startup_timeout) if state is State.STOPPED else container.unfreeze()
-            self._stream("stderr", f"container {container.name} was {state.value}, now {reached.value}\n")
+            if state is State.STOPPED:
+                reached = lifecycle.start(name, self.startup_timeout)
+            else:
+                reached = lifecycle.unfreeze(name)
+            self._stream("stderr", f"container {name} was {state.value}, now {reached.value}\n")
 
     def _cleanup_ephemeral_orphans(self) -> None:
         # Copies whose kernel was SIGKILLed: nobody else will ever remove them.
         try:
-            removed = ephemeral.cleanup_orphans(self.ephemeral, self.tools)
+            removed = ephemeral.cleanup_orphans(self.ephemeral, self.lifecycle)
         except LxcKernelError as exc:
             log.warning("could not clean up orphaned ephemeral copies of %s: %s", self.ephemeral, exc)
             return
@@ -422,9 +467,9 @@ class LXCKernel(Kernel):
         copy, self._ephemeral_copy = self._ephemeral_copy, None
         if copy is not None:
             try:
-                ephemeral.remove(copy)
+                ephemeral.remove(getattr(self, "_ephemeral_backend", None) or self.lifecycle, copy)
             except LxcKernelError as exc:
-                log.warning("could not remove ephemeral copy %s: %s", copy.name, exc)
+                log.warning("could not remove ephemeral copy %s: %s", copy, exc)
 
     # -- replies --------------------------------------------------------------------------------
     def _stream(self, name: str, text: str) -> None:
@@ -443,7 +488,7 @@ class LXCKernel(Kernel):
     @property
     def assistant(self) -> Assistant:
         if getattr(self, "_assistant", None) is None:
-            self._assistant = Assistant(self._live_session, lambda: list_names(self.tools))
+            self._assistant = Assistant(self._live_session, lambda: self.lifecycle.names())
         return self._assistant
 
     def _live_session(self) -> ShellSession | None:
@@ -456,7 +501,7 @@ class LXCKernel(Kernel):
         if self.ephemeral and self._ephemeral_copy is None:
             return None
         try:
-            if self.target().state() is not State.RUNNING:
+            if self.lifecycle.state(self.container) is not State.RUNNING:
                 return None
             return self.ensure_session(prepare=False, quiet=True)
         except LxcKernelError:
@@ -561,6 +606,7 @@ class LXCKernel(Kernel):
         self.fleet.close_all()  # every %%on shell, by PID; a %%on cell still running ends at once
         self.close_session()
         self._remove_ephemeral_copy()
+        self._close_ssh()
         if self._spill is not None:
             self._spill.close()  # over-budget output files live as long as their kernel
         if self._watchdog is not None:

@@ -6,6 +6,7 @@ import argparse
 import enum
 import logging
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -294,22 +295,82 @@ def _spill_limit(value: str) -> str:
     return value
 
 
-def _one_of(allowed: Sequence[str]) -> Validator:
+def _kind_or_image(value: str) -> str:
+    """A kind the classic backend provisions, or an Incus/LXD image alias (which backend takes which is
+    checked with the backend option: backends.check_settings)."""
+    if value and value not in KINDS:
+        from .backends.incus import validate_image
+
+        try:
+            validate_image(value)
+        except ConfigError:
+            raise ConfigError(f"unknown kind {value!r}: use one of {', '.join(KINDS)}, "
+                              "or an image alias on incus/lxd") from None
+    return value
+
+
+def _container_name(what: str) -> Validator:
+    """``NAME`` (classic LXC's alphabet) or ``REMOTE:NAME`` (incus/lxd); the backend checks the rest."""
+
     def run(value: str) -> str:
-        if value and value not in allowed:
-            raise ConfigError(f"unknown kind {value!r}: use one of {', '.join(allowed)}")
-        return value
+        if ":" in value:
+            from .backends.incus import parse_ref
+
+            parse_ref(value, what)
+            return value
+        return validate_name(value, what)
 
     return run
+
+
+_SSH_RE = re.compile(r"(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,31})@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|"
+                     r"\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+
+
+def _ssh_target(value: str) -> str:
+    """``[USER@]HOST[:PORT]``: never an option to ssh (no leading '-'), nothing a remote shell reads."""
+    m = _SSH_RE.fullmatch(value)
+    if not m or (m["port"] and not 0 < int(m["port"]) < 65536):
+        raise ConfigError(f"invalid ssh target {value!r}: use [USER@]HOST[:PORT]")
+    try:
+        from .ssh import parse_target  # type: ignore[import-not-found]
+    except ImportError:
+        return value
+    parse_target(value)
+    return value
+
+
+def _project(value: str) -> str:
+    from .backends.incus import validate_project
+
+    return validate_project(value)
 
 
 # -- the table -----------------------------------------------------------------------------------------
 
 OPTIONS: tuple[Option, ...] = (
     Option(
+        "backend", Kind.ENUM, "lxc",
+        "which container manager: `lxc` (classic `lxc-*` tools, here or on the `ssh` host), `incus`, or "
+        "`lxd` (its `lxc` client); see *Backends*",
+        choices=("lxc", "incus", "lxd"), flag="--backend", metavar="lxc|incus|lxd", shown=True,
+    ),
+    Option(
         "container", Kind.STR, "lxc-kernel",
-        "the container the shell runs in (1-64 of `A-Za-z0-9_.-`, checked before any `lxc-*` runs)",
-        validate_name, flag="--container", metavar="C", magic="%lxc use NAME",
+        "the container the shell runs in (1-64 of `A-Za-z0-9_.-`, checked before any tool runs); "
+        "`REMOTE:NAME` on incus and lxd",
+        _container_name("container name"), flag="--container", metavar="C", magic="%lxc use [REMOTE:]NAME",
+    ),
+    Option(
+        "project", Kind.STR, "", "the Incus/LXD project of the containers (`--project`)",
+        _project, flag="--project", metavar="P", shown=True, unset="(default)", doc_default="the default project",
+    ),
+    Option(
+        "ssh", Kind.STR, "",
+        "run the classic backend on another host over ssh, `[USER@]HOST[:PORT]`: the kernel's own host "
+        "needs no LXC",
+        _unless_empty(_ssh_target), flag="--ssh", metavar="[USER@]HOST[:PORT]", shown=True, unset="-",
+        doc_default="off (this host)",
     ),
     Option(
         "user", Kind.STR, "",
@@ -431,8 +492,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "create_missing", Kind.STR, "",
         "when the container doesn't exist, create it of this kind (busybox, hostfs, debian; the bare install "
-        "flag means busybox) and start it; a stopped one is started too. The zero-setup choice for new users",
-        _one_of(KINDS), flag="--create-missing", metavar="KIND", flag_const="busybox", doc_default="off",
+        "flag means busybox) and start it; on incus/lxd, from this image alias. A stopped one is started too. "
+        "The zero-setup choice for new users",
+        _kind_or_image, flag="--create-missing", metavar="KIND|IMAGE", flag_const="busybox", doc_default="off",
     ),
     Option(
         "start_stopped", Kind.BOOL, False, "start the container when it is stopped (unfreeze it when frozen)",
@@ -440,11 +502,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "ephemeral", Kind.STR, "",
-        "each kernel runs in its own throwaway overlay copy of container BASE (`lxc-copy -e`), named "
+        "each kernel runs in its own throwaway overlay copy of container BASE (`lxc-copy -e`; `copy --ephemeral` "
+        "on incus/lxd), named "
         "`BASE-eph-<kernel pid>-<random>`, and `container` is ignored. The copy is destroyed when the kernel "
         "shuts down or restarts, and by the kernel's watchdog within seconds when the kernel is killed (a copy "
         "whose kernel and watchdog both died goes when the next kernel of the same BASE starts)",
-        _unless_empty(lambda name: validate_name(name, "ephemeral base")), flag="--ephemeral", metavar="BASE",
+        _unless_empty(_container_name("ephemeral base")), flag="--ephemeral", metavar="BASE",
         doc_default="off",
     ),
     # Not settable from a notebook (no %attach form): they guard the host against the notebook's cells.

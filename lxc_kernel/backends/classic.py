@@ -235,9 +235,18 @@ class ClassicBackend(Backend):
             except LxcCommandError:
                 if ct.state() not in (State.STOPPED, State.MISSING):
                     raise
-        # LXC removes an ephemeral container just after it stops; give it a moment before destroying it.
-        if ct.wait(State.MISSING, 2.0 if state is not State.STOPPED else 0.0) is not State.MISSING:
+        if state is not State.STOPPED and self._ephemeral(ct):
+            # LXC removes an ephemeral container just after it stops: give it a moment first.
+            ct.wait(State.MISSING, 2.0)
+        if ct.state() is not State.MISSING:
             ct.destroy(snapshots=snapshots)
+
+    @staticmethod
+    def _ephemeral(ct: Container) -> bool:
+        try:
+            return ct.config_get("lxc.ephemeral") == "1"
+        except LxcCommandError:
+            return ct.state() is State.MISSING
 
     def clones(self, name: str) -> list[str]:
         return self._ct(name).clones()

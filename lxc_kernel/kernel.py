@@ -131,10 +131,11 @@ class LXCKernel(Kernel):
         """The container manager (backends/): made from the ``backend``, ``project``, ``lxcpath``, ``sudo``
         and ``ssh`` options, and made again when one of them changes. Raises ConfigError when they don't
         fit together (a project on the classic backend, ssh on Incus...)."""
-        key = (self.backend, self.project, self.lxcpath, self.sudo, self.ssh)
+        key = (self.backend, self.project, self.lxcpath, self.sudo, self.ssh, self.image)
         if getattr(self, "_lifecycle_key", None) != key:
             settings = {name: getattr(self, name) for name in
-                        ("backend", "project", "ssh", "lxcpath", "sudo", "namespaces", "elevated", "remount_sys_proc")}
+                        ("backend", "project", "ssh", "image", "lxcpath", "sudo", "namespaces", "elevated",
+                         "remount_sys_proc")}
             if errors := check_settings(settings):
                 raise ConfigError("the kernel's backend options do not fit together: " + "; ".join(errors))
             self._lifecycle = make_backend(self.backend, tools=self.tools if self.backend == "lxc" else None,
@@ -443,9 +444,11 @@ class LXCKernel(Kernel):
         name = lifecycle.validate_name(self.container)
         state = lifecycle.state(name)
         if state is State.MISSING and self.create_missing:
-            seconds = lifecycle.provision(name, self.create_missing, start=True)
+            # The classic backend makes a kind; Incus/LXD launch an image (by default one named like the kind).
+            source = self.create_missing if lifecycle.create_kinds else (self.image or self.create_missing)
+            seconds = lifecycle.provision(name, source, start=True)
             what = "kind" if lifecycle.create_kinds else "image"
-            self._stream("stderr", f"created container {name} ({what} {self.create_missing}) in {seconds:.2f} s\n")
+            self._stream("stderr", f"created container {name} ({what} {source}) in {seconds:.2f} s\n")
         elif state in (State.STOPPED, State.FROZEN):
             if state is State.STOPPED:
                 reached = lifecycle.start(name, self.startup_timeout)

@@ -295,18 +295,19 @@ def _spill_limit(value: str) -> str:
     return value
 
 
-def _kind_or_image(value: str) -> str:
-    """A kind the classic backend provisions, or an Incus/LXD image alias (which backend takes which is
-    checked with the backend option: backends.check_settings)."""
-    if value and value not in KINDS:
-        from .backends.incus import validate_image
+def _one_of(allowed: Sequence[str]) -> Validator:
+    def run(value: str) -> str:
+        if value and value not in allowed:
+            raise ConfigError(f"unknown kind {value!r}: use one of {', '.join(allowed)}")
+        return value
 
-        try:
-            validate_image(value)
-        except ConfigError:
-            raise ConfigError(f"unknown kind {value!r}: use one of {', '.join(KINDS)}, "
-                              "or an image alias on incus/lxd") from None
-    return value
+    return run
+
+
+def _image(value: str) -> str:
+    from .backends.incus import validate_image
+
+    return validate_image(value) if value else value
 
 
 def _container_name(what: str) -> Validator:
@@ -492,9 +493,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "create_missing", Kind.STR, "",
         "when the container doesn't exist, create it of this kind (busybox, hostfs, debian; the bare install "
-        "flag means busybox) and start it; on incus/lxd, from this image alias. A stopped one is started too. "
+        "flag means busybox) and start it; on incus/lxd, from the image `image`. A stopped one is started too. "
         "The zero-setup choice for new users",
-        _kind_or_image, flag="--create-missing", metavar="KIND|IMAGE", flag_const="busybox", doc_default="off",
+        _one_of(KINDS), flag="--create-missing", metavar="KIND", flag_const="busybox", doc_default="off",
+    ),
+    Option(
+        "image", Kind.STR, "",
+        "incus/lxd: the image alias (or fingerprint, `REMOTE:ALIAS`) that `create_missing` creates the container "
+        "from; without it, an image aliased like the kind (`busybox`)",
+        _image, flag="--image", metavar="ALIAS", doc_default="the kind's name",
     ),
     Option(
         "start_stopped", Kind.BOOL, False, "start the container when it is stopped (unfreeze it when frozen)",

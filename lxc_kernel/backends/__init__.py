@@ -41,7 +41,7 @@ def from_record(record: dict[str, Any]) -> Backend:
 
 def check_settings(settings: dict[str, Any]) -> list[str]:
     """Pure: what is wrong with one configuration's backend options taken together (``backend`` with
-    ``container``, ``project``, ``ssh``, ``create_missing``, ``ephemeral``, ``lxcpath``, ``sudo``, and the
+    ``container``, ``project``, ``ssh``, ``image``, ``ephemeral``, ``lxcpath``, ``sudo``, and the
     attach options that only ``lxc-attach`` has). Each option's own validator has already run."""
     kind = settings.get("backend") or "lxc"
     errors: list[str] = []
@@ -59,21 +59,15 @@ def check_settings(settings: dict[str, Any]) -> list[str]:
         except ConfigError as exc:
             errors.append(str(exc))
     if kind == "lxc":
-        if settings.get("project"):
-            errors.append("project is for the incus and lxd backends")
-        create = settings.get("create_missing") or ""
-        if create and create not in KINDS:
-            errors.append(f"create_missing {create!r}: the lxc backend creates {', '.join(KINDS)}")
+        for option in ("project", "image"):
+            if settings.get(option):
+                errors.append(f"{option} is for the incus and lxd backends")
         return errors
     try:
         validate_project(settings.get("project") or "")
+        validate_image(settings.get("image") or "busybox")
     except ConfigError as exc:
         errors.append(str(exc))
-    if settings.get("create_missing"):
-        try:
-            validate_image(settings["create_missing"])
-        except ConfigError as exc:
-            errors.append(f"create_missing: {exc}")
     # These belong to lxc-* and lxc-attach: refused rather than silently ignored.
     for option in ("ssh", "lxcpath", "sudo", "namespaces", "elevated", "remount_sys_proc"):
         if settings.get(option):

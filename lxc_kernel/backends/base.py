@@ -48,6 +48,9 @@ class Backend:
     snapshot_needs_stop = False
     # Copies and restores as a new container need the source STOPPED unless asked (lxc-copy -a).
     copy_needs_stop = False
+    # Copy-on-write overlay clones (lxc-copy -s -B overlay), and comments kept with snapshots.
+    overlay_clones = False
+    snapshot_comments = False
 
     # -- names ------------------------------------------------------------------------------------
     def validate_name(self, name: str, what: str = "container name") -> str:

@@ -99,6 +99,8 @@ class ClassicBackend(Backend):
     create_kinds = KINDS
     snapshot_needs_stop = True
     copy_needs_stop = True
+    overlay_clones = True
+    snapshot_comments = True
     list_columns = ("NAME", "STATE", "PID", "RAM", "SWAP", "IPV4", "IPV6", "AUTOSTART", "GROUPS")
 
     def __init__(self, tools: Tools | None = None) -> None:

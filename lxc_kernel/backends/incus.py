@@ -400,13 +400,15 @@ class IncusBackend(Backend):
                                                                    "shares its blocks already")
         self.validate_name(src)
         self.validate_name(new)
-        self.run("copy", src, new, timeout=600)
+        # A running instance is copied as its files (--stateless): in a cluster, a running instance with
+        # snapshots otherwise wants CRIU to migrate its state. Without its snapshots, as lxc-copy does.
+        self.run("copy", src, new, "--stateless", "--instance-only", timeout=600)
 
     def ephemeral_copy(self, base: str, new: str, *, allow_running: bool = False, timeout: float = 30.0) -> State:
         """``copy BASE NEW --ephemeral`` then ``start``: the daemon deletes the copy when it stops."""
         self.validate_name(base)
         self.validate_name(new)
-        self.run("copy", base, new, "--ephemeral", timeout=timeout + 60)
+        self.run("copy", base, new, "--ephemeral", "--stateless", "--instance-only", timeout=timeout + 60)
         try:
             return self.start(new, timeout)
         except BaseException:

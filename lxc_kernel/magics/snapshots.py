@@ -112,7 +112,8 @@ def _restore_args(r: MagicParser) -> None:
 
 @lxc_subcommand("restore", """
     %lxc restore SNAP [-n NAME] [--as NEW] [--stop]
-                                       in place (needs it stopped: --stop), or as a new container
+                                       in place (lxc needs it stopped: --stop), or as a new
+                                       container
 """, arguments=_restore_args, topic="snapshots")
 def lxc_restore(host: Host, ns: argparse.Namespace) -> None:
     backend = host.lifecycle
@@ -128,7 +129,10 @@ def lxc_restore(host: Host, ns: argparse.Namespace) -> None:
         say(host, f"restored snapshot {snap} of {name} as new container {new} "
                   f"({time.monotonic() - t0:.2f} s; start it with `%lxc start {new}`)")
         return
-    was_running = stopped_for(host, name, ns.stop, "restore")
+    # Classic LXC restores only a stopped container; Incus/LXD restore a running one themselves.
+    was_running = stopped_for(host, name, ns.stop, "restore") if backend.snapshot_needs_stop else False
+    if not backend.snapshot_needs_stop:
+        require_state(host, name)
     try:
         backend.restore(name, snap)
         say(host, f"restored {name} to snapshot {snap} ({time.monotonic() - t0:.2f} s)")

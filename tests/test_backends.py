@@ -1,0 +1,231 @@
+"""Every ``%lxc`` subcommand through a real kernel on each backend: classic LXC and Incus (when its daemon is up).
+
+Each backend gets its own base container (``lxck-t9b-*``, busybox), made here and destroyed at the end;
+another container per test exercises what changes a container. On Incus, an operation it lacks must say
+"... not supported by incus" and change nothing. Cells and files need Incus's exec transport as well.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import Kernel, Result, start_kernel
+
+from lxc_kernel.backends import make
+from lxc_kernel.lxc import State
+from lxc_kernel.provision import destroy_container, provision
+
+RUN = f"lxck-t9b-{secrets.token_hex(2)}-"
+INCUS_IMAGE = "lxck-busybox"
+
+
+def incus_reason() -> str | None:
+    """Why the Incus backend cannot be tested here, or None."""
+    if shutil.which("incus") is None:
+        return "Incus is not installed (.ci/setup-incus installs it)"
+    try:
+        res = subprocess.run(["incus", "query", f"/1.0/images/aliases/{INCUS_IMAGE}"], capture_output=True,
+                             text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "the Incus daemon does not answer"
+    if res.returncode != 0:
+        return f"the Incus daemon or its image {INCUS_IMAGE} is not there: {res.stderr.strip()}"
+    return None
+
+
+def exec_reason() -> str | None:
+    if importlib.util.find_spec("lxc_kernel.exec_transport") is None:
+        return "this build has no Incus exec transport (lxc_kernel/exec_transport.py)"
+    return incus_reason()
+
+
+@dataclass
+class Backend:
+    kind: str
+    base: str
+    source: str  # what %lxc create takes with -t
+    config_key: str  # a harmless config key and value to set and read back
+    config_value: str
+
+    def make_container(self, name: str) -> None:
+        if self.kind == "lxc":
+            provision(name, "busybox", start=True)
+        else:
+            subprocess.run(["incus", "launch", INCUS_IMAGE, name], check=True, capture_output=True, timeout=120)
+
+    def destroy(self, name: str) -> None:
+        assert name.startswith("lxck-t9b-")
+        if self.kind == "lxc":
+            destroy_container(name)
+        else:
+            make("incus").destroy(name, snapshots=True)
+
+    def state(self, name: str) -> State:
+        return make(self.kind).state(name)
+
+
+@pytest.fixture(scope="module", params=["lxc", "incus"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    kind = request.param
+    if kind == "incus" and (reason := incus_reason()):
+        pytest.skip(reason)
+    b = (Backend("lxc", RUN + "base", "busybox", "lxc.start.delay", "3") if kind == "lxc"
+         else Backend("incus", RUN + "base", INCUS_IMAGE, "user.lxck-test", "yes"))
+    b.make_container(b.base)
+    yield b
+    b.destroy(b.base)
+
+
+@pytest.fixture(scope="module")
+def kernel(backend: Backend) -> Iterator[Kernel]:
+    k = start_kernel(backend.base, f"--LXCKernel.backend={backend.kind}")
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def other(backend: Backend) -> Iterator[str]:
+    """A name for a container a test creates; destroyed (with its copies) afterwards whatever happened."""
+    name = RUN + secrets.token_hex(2)
+    yield name
+    for suffix in ("", "-b", "-c"):
+        backend.destroy(name + suffix)
+
+
+def ok(k: Kernel, code: str, timeout: float = 120) -> Result:
+    r = k.execute(code, timeout=timeout)
+    assert r.status == "ok", (code, r.errors, r.stream(), r.stream("stderr"))
+    return r
+
+
+def fails(k: Kernel, code: str, timeout: float = 60) -> str:
+    r = k.execute(code, timeout=timeout)
+    assert r.status == "error", (code, r.stream())
+    return r.errors[0]["evalue"]
+
+
+def test_status_info_list(kernel: Kernel, backend: Backend) -> None:
+    r = ok(kernel, "%lxc status")
+    assert re.match(rf"container {backend.base}: RUNNING \(init PID \d+\)", r.stream())
+    r = ok(kernel, "%lxc info")
+    assert re.search(r"state\s+RUNNING", r.stream()) and re.search(rf"backend\s+{backend.kind}", r.stream())
+    assert "memory" in r.stream()
+    r = ok(kernel, "%lxc list")
+    table = "".join(m["content"]["data"]["text/plain"] for m in r.of_type("display_data"))
+    assert re.search(rf"\* {backend.base}\s+RUNNING", table)
+
+
+def test_lifecycle(kernel: Kernel, backend: Backend, other: str) -> None:
+    r = ok(kernel, f"%lxc create {other} -t {backend.source} --start", timeout=300)
+    assert f"created {other} from" in r.stream() and f"container {other}: RUNNING" in r.stream()
+    assert "already exists" in fails(kernel, f"%lxc create {other} -t {backend.source}")
+    assert f"container {other}: FROZEN" in ok(kernel, f"%lxc freeze {other}").stream()
+    assert backend.state(other) is State.FROZEN
+    assert f"container {other}: RUNNING" in ok(kernel, f"%lxc unfreeze {other}").stream()
+    assert f"container {other}: STOPPED" in ok(kernel, f"%lxc stop {other} --kill").stream()
+    assert "already STOPPED" in ok(kernel, f"%lxc stop {other}").stream()
+    assert f"container {other}: RUNNING" in ok(kernel, f"%lxc start {other}").stream()
+    assert f"container {other}: RUNNING" in ok(kernel, f"%lxc restart {other} --kill").stream()
+    assert f"destroyed {other}" in ok(kernel, f"%lxc destroy {other}").stream()
+    assert backend.state(other) is State.MISSING
+    assert "does not exist" in fails(kernel, f"%lxc start {other}")
+
+
+def test_snapshots_and_clones(kernel: Kernel, backend: Backend, other: str) -> None:
+    ok(kernel, f"%lxc create {other} -t {backend.source} --start", timeout=300)
+    r = ok(kernel, f"%lxc snapshot {other} --stop", timeout=300)
+    snap = re.search(r"snapshot (\S+) of", r.stream()).group(1)  # type: ignore[union-attr]
+    assert snap in ok(kernel, f"%lxc snapshot list {other}").stream()
+    assert backend.state(other) is State.RUNNING  # started again (classic) or never stopped (incus)
+    ok(kernel, f"%lxc restore {snap} -n {other} --as {other}-b", timeout=300)
+    assert backend.state(other + "-b") is State.STOPPED
+    ok(kernel, f"%lxc restore {snap} -n {other} --stop", timeout=300)
+    assert backend.state(other) is State.RUNNING
+    ok(kernel, f"%lxc clone {other} {other}-c --allow-running", timeout=300)
+    assert backend.state(other + "-c") is State.STOPPED
+    assert "snapshot" in fails(kernel, f"%lxc destroy {other}")  # it has snapshots: refused without --snapshots
+    assert f"deleted snapshot {snap}" in ok(kernel, f"%lxc snapshot delete {snap} {other}").stream()
+    assert "has no snapshots" in ok(kernel, f"%lxc snapshot list {other}").stream()
+    for name in (other + "-b", other + "-c", other):
+        ok(kernel, f"%lxc destroy {name}", timeout=300)
+        assert backend.state(name) is State.MISSING
+
+
+def test_limits_config_log(kernel: Kernel, backend: Backend) -> None:
+    r = ok(kernel, "%lxc limit memory 96M")
+    assert "memory" in r.stream() and "96" in r.stream()
+    assert "96" in ok(kernel, "%lxc limit show").stream()
+    ok(kernel, "%lxc limit cpu 0.5")
+    ok(kernel, "%lxc limit memory off")
+    ok(kernel, "%lxc limit cpu off")
+    assert "is not a size" in fails(kernel, "%lxc limit memory lots")
+    ok(kernel, f"%lxc config set {backend.config_key} {backend.config_value}")
+    r = ok(kernel, f"%lxc config get {backend.config_key}")
+    assert r.stream().strip() == f"{backend.config_key} = {backend.config_value}"
+    assert "invalid config key" in fails(kernel, "%lxc config get 'bad key'")
+    ok(kernel, "%lxc log --lines 3")
+
+
+def test_use_moves_between_containers(kernel: Kernel, backend: Backend, other: str) -> None:
+    ok(kernel, f"%lxc create {other} -t {backend.source}", timeout=300)
+    r = ok(kernel, f"%lxc use {other}")
+    assert f"moved from {backend.base} to {other}" in r.stream() and "STOPPED" in r.stream()
+    assert f"container {other}: STOPPED" in ok(kernel, "%lxc status").stream()
+    ok(kernel, f"%lxc use {backend.base}")
+    assert "does not exist" in fails(kernel, f"%lxc use {RUN}nothing-here")
+    if backend.kind == "lxc":
+        assert "REMOTE:NAME is for the incus and lxd backends" in fails(kernel, "%lxc use R:web")
+    else:
+        assert "Incus and LXD names" in fails(kernel, "%lxc use web_1")
+
+
+def test_a_remote_name_on_incus(kernel: Kernel, backend: Backend) -> None:
+    if backend.kind != "incus":
+        pytest.skip("remotes are an Incus/LXD notion")
+    remotes = subprocess.run(["incus", "remote", "list", "--format", "json"], capture_output=True, text=True,
+                             timeout=20)
+    names = [name for name, r in json.loads(remotes.stdout or "{}").items() if r.get("Protocol") == "incus"
+             and name != "local" and r.get("Addr", "").startswith("https://127.")]
+    if not names:
+        pytest.skip("no TLS remote to this daemon (.ci/setup-incus adds R)")
+    remote = names[0]
+    r = ok(kernel, f"%lxc status {remote}:{backend.base}")
+    assert f"container {remote}:{backend.base}: RUNNING" in r.stream()
+
+
+UNSUPPORTED_ON_INCUS = [
+    ("%lxc clone {base} {other} --snapshot", "overlay clones (--snapshot) is not supported by incus"),
+    ("%lxc snapshot {base} --comment first", "snapshot --comment is not supported by incus"),
+    ("%lxc log --level INFO", "log --level is not supported by incus"),
+    ("%lxc create {other} -t lxck-busybox --apparmor unconfined", "--apparmor is not supported by incus"),
+    ("%lxc create {other} -t lxck-busybox -- --release x", "template arguments (`-- ARGS`) is not supported by incus"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), UNSUPPORTED_ON_INCUS)
+def test_what_incus_lacks_says_so_and_changes_nothing(kernel: Kernel, backend: Backend, other: str, line: str,
+                                                      message: str) -> None:
+    if backend.kind != "incus":
+        pytest.skip("the classic backend has every %lxc operation")
+    before = make("incus").snapshots(backend.base)
+    evalue = fails(kernel, line.format(base=backend.base, other=other))
+    assert message in evalue
+    assert backend.state(other) is State.MISSING
+    assert make("incus").snapshots(backend.base) == before
+
+
+def test_cells_files_and_reset(kernel: Kernel, backend: Backend, tmp_path: object) -> None:
+    if backend.kind == "incus" and (reason := exec_reason()):
+        pytest.skip(reason)
+    r = ok(kernel, "echo hi; hostname")
+    assert r.stream().split() == ["hi", backend.base]
+    r = ok(kernel, "%reset\necho after")
+    assert "reset: a fresh shell" in r.stream() and r.stream().endswith("after\n")

@@ -37,7 +37,7 @@ def test_classic_refuses(name: str) -> None:
 
 
 def test_classic_refuses_a_remote_with_the_way_to_another_host() -> None:
-    with pytest.raises(ConfigError, match="incus and lxd backends.*--ssh"):
+    with pytest.raises(ConfigError, match=r"incus and lxd backends.*--ssh"):
         ClassicBackend().validate_name("r:web")
 
 
@@ -68,7 +68,8 @@ def test_incus_argv_puts_the_project_first_and_lxd_uses_its_client() -> None:
 def test_incus_api_paths_carry_remote_and_project() -> None:
     b = IncusBackend(project="p1")
     assert b._api(parse_ref("R:web"), "/state") == "R:/1.0/instances/web/state?project=p1"
-    assert IncusBackend()._api(parse_ref("web"), "/snapshots", "recursion=1") == "/1.0/instances/web/snapshots?recursion=1"
+    path = IncusBackend()._api(parse_ref("web"), "/snapshots", "recursion=1")
+    assert path == "/1.0/instances/web/snapshots?recursion=1"
 
 
 @pytest.mark.parametrize(("what", "value", "key", "setting"), [
@@ -155,7 +156,7 @@ def test_parse_snapshots_oldest_first() -> None:
 def test_settings_are_checked_together(settings: dict[str, object], wanted: list[str]) -> None:
     errors = check_settings(settings)
     assert len(errors) == len(wanted), errors
-    for error, part in zip(errors, wanted):
+    for error, part in zip(errors, wanted, strict=True):
         assert part in error
 
 
@@ -170,7 +171,7 @@ def test_records_rebuild_the_backend() -> None:
 
 def test_unsupported_defaults_raise_not_supported() -> None:
     b = IncusBackend()
-    with pytest.raises(NotSupported, match="overlay clones .* not supported by incus"):
+    with pytest.raises(NotSupported, match=r"overlay clones .* not supported by incus"):
         b.clone("a", "b", overlay=True)
     with pytest.raises(NotSupported, match="snapshot --comment is not supported by incus"):
         b.snapshot("a", comment="x")

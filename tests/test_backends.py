@@ -229,3 +229,68 @@ def test_cells_files_and_reset(kernel: Kernel, backend: Backend, tmp_path: objec
     assert r.stream().split() == ["hi", backend.base]
     r = ok(kernel, "%reset\necho after")
     assert "reset: a fresh shell" in r.stream() and r.stream().endswith("after\n")
+
+
+def test_files_and_users(kernel: Kernel, backend: Backend, tmp_path: object) -> None:
+    if backend.kind == "incus" and (reason := exec_reason()):
+        pytest.skip(reason)
+    import os
+
+    root = str(tmp_path)
+    with open(os.path.join(root, "in.bin"), "wb") as fh:
+        fh.write(bytes(range(256)) * 64)
+    k = start_kernel(backend.base, f"--LXCKernel.backend={backend.kind}", f"--LXCKernel.transfer_root={root}")
+    try:
+        assert "pushed" in ok(k, "%push in.bin /tmp/lxck-t9b.bin").stream()
+        assert "pulled" in ok(k, "%pull /tmp/lxck-t9b.bin out.bin").stream()
+        with open(os.path.join(root, "out.bin"), "rb") as fh:
+            assert fh.read() == bytes(range(256)) * 64
+        # A user is looked up in the container's own /etc/passwd, through the backend's transport.
+        ok(k, "grep -q '^lxckt9b:' /etc/passwd || echo 'lxckt9b:x:4321:4321:t:/tmp:/bin/sh' >> /etc/passwd")
+        r = ok(k, "%attach user lxckt9b\nid -u; echo $HOME")
+        assert "re-attached" in r.stream() and r.stream().split()[-2:] == ["4321", "/tmp"]
+        ok(k, "%attach user root")
+    finally:
+        k.shutdown()
+
+
+def test_fanout_on_the_backend(kernel: Kernel, backend: Backend) -> None:
+    if backend.kind == "incus" and (reason := exec_reason()):
+        pytest.skip(reason)
+    # A name and a glob over the backend's list naming the same container: one target.
+    r = ok(kernel, f"%%on {backend.base} {RUN}ba* --interleave\nhostname")
+    assert r.stream().splitlines() == [f"{backend.base} | {backend.base}"]
+
+
+def test_ephemeral_kernel(backend: Backend) -> None:
+    """Each kernel in its own throwaway copy of the base (lxc-copy -e / incus copy --ephemeral), gone at shutdown."""
+    if backend.kind == "incus" and (reason := exec_reason()):
+        pytest.skip(reason)
+    k = start_kernel(backend.base, f"--LXCKernel.backend={backend.kind}", f"--LXCKernel.ephemeral={backend.base}")
+    try:
+        r = ok(k, "hostname", timeout=120)
+        copy = re.search(r"ephemeral container (\S+)", r.stream("stderr")).group(1)  # type: ignore[union-attr]
+        assert copy.startswith(backend.base + "-eph-") and r.stream().strip() == copy
+        assert backend.state(copy) is State.RUNNING
+    finally:
+        k.shutdown()
+    assert make(backend.kind).wait(copy, State.MISSING, 15) is State.MISSING
+
+
+def test_create_missing_and_start_stopped(backend: Backend, other: str) -> None:
+    """The zero-setup options: a missing container is made (a kind on lxc, an image on incus) and started."""
+    if backend.kind == "incus" and (reason := exec_reason()):
+        pytest.skip(reason)
+    extra = ["--LXCKernel.create_missing=busybox"]
+    if backend.kind == "incus":
+        extra.append(f"--LXCKernel.image={INCUS_IMAGE}")
+    k = start_kernel(other, f"--LXCKernel.backend={backend.kind}", *extra)
+    try:
+        r = ok(k, "hostname", timeout=300)
+        assert r.stream().strip() == other and f"created container {other}" in r.stream("stderr")
+        make(backend.kind).stop(other, kill=True)
+        ok(k, "%reset")
+        r = ok(k, "hostname", timeout=120)
+        assert r.stream().strip() == other and "was STOPPED, now RUNNING" in r.stream("stderr")
+    finally:
+        k.shutdown()

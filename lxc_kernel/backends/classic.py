@@ -185,6 +185,7 @@ class ClassicBackend(Backend):
         network but loopback unless ``config`` says otherwise."""
         from .. import provision
 
+        self._host_files("create")
         ct = self._ct(name)
         if source.startswith("/"):
             validate_path(source, "template")
@@ -205,6 +206,7 @@ class ClassicBackend(Backend):
     def provision(self, name: str, source: str, *, start: bool = True) -> float:
         from .. import provision
 
+        self._host_files("create_missing")
         if source not in KINDS:
             raise ConfigError(f"unknown kind {source!r}: the lxc backend creates {', '.join(KINDS)}")
         return provision.provision(self.validate_name(name), source, start=start, tools=self.tools).seconds
@@ -251,10 +253,14 @@ class ClassicBackend(Backend):
             return ct.state() is State.MISSING
 
     def clones(self, name: str) -> list[str]:
+        if getattr(self.tools, "remote", None) is not None:
+            return []  # lxc_snapshots is a file on the other host: lxc-destroy there says if clones remain
         return self._ct(name).clones()
 
     # -- snapshots and copies ---------------------------------------------------------------------------
     def snapshot(self, name: str, comment: str | None = None) -> str:
+        if comment:
+            self._host_files("snapshot --comment")  # the comment travels in a file on this host
         return self._ct(name).snapshot(comment=comment)
 
     def snapshots(self, name: str) -> list[Snapshot]:
@@ -304,7 +310,7 @@ class ClassicBackend(Backend):
         return self._ct(name).config_get(key)
 
     def _host_files(self, operation: str) -> None:
-        """Config and log files are read and written on the kernel's host: not where ssh leads."""
+        """Config files, logs, provisioning and comments are files on the kernel's host: not where ssh leads."""
         remote = getattr(self.tools, "remote", None)
         if remote is not None:
             raise self._unsupported(f"{operation} over ssh", "the container's files are on the other host")

@@ -245,18 +245,24 @@ class IncusBackend(Backend):
     def names(self) -> list[str]:
         return [row["NAME"] for row in self.list()]
 
-    def _state_data(self, name: str) -> dict[str, Any] | None:
+    def _get(self, name: str, path: str = "") -> dict[str, Any] | None:
+        """``GET /1.0/instances/NAME[PATH]``, or None when there is no such instance."""
         ref = self.ref(name)
-        rc, out, err = self.run("query", self._api(ref, "/state"), check=False, timeout=20)
+        rc, out, err = self.run("query", self._api(ref, path), check=False, timeout=20)
         if rc != 0:
             if "not found" in err.lower():
                 return None
-            raise LxcCommandError(self.argv("query", self._api(ref, "/state")), rc, err or out)
+            raise LxcCommandError(self.argv("query", self._api(ref, path)), rc, err or out)
         return json.loads(out or "{}")
 
+    def _state_data(self, name: str) -> dict[str, Any] | None:
+        return self._get(name, "/state")
+
     def state(self, name: str) -> State:
-        data = self._state_data(name)
-        return State.MISSING if data is None else parse_instance_state(name, data).state
+        # The instance itself, not its /state: that one also counts processes, memory and network (0.09-0.18 s
+        # against 0.04-0.07 s on a loaded 2-core host), and the health check asks often.
+        data = self._get(name)
+        return State.MISSING if data is None else parse_instance_state(name, {"status": data.get("status")}).state
 
     def info(self, name: str) -> ContainerInfo:
         data = self._state_data(name)

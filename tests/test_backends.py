@@ -294,3 +294,20 @@ def test_create_missing_and_start_stopped(backend: Backend, other: str) -> None:
         assert r.stream().strip() == other and "was STOPPED, now RUNNING" in r.stream("stderr")
     finally:
         k.shutdown()
+
+
+@pytest.mark.timeout(180)
+def test_the_watchdog_removes_the_copy_of_a_killed_kernel(backend: Backend) -> None:
+    """The lock file records the backend, so the watchdog of a SIGKILLed kernel removes its copy wherever
+    it lives (here: an Incus instance as well as a classic container)."""
+    if backend.kind == "incus" and (reason := exec_reason()):
+        pytest.skip(reason)
+    k = start_kernel(backend.base, f"--LXCKernel.backend={backend.kind}", f"--LXCKernel.ephemeral={backend.base}")
+    try:
+        r = ok(k, "hostname", timeout=120)
+        copy = re.search(r"ephemeral container (\S+)", r.stream("stderr")).group(1)  # type: ignore[union-attr]
+        assert backend.state(copy) is State.RUNNING
+        k.km.shutdown_kernel(now=True)  # SIGKILL to the kernel's process group; its watchdog has its own
+        assert make(backend.kind).wait(copy, State.MISSING, 30) is State.MISSING
+    finally:
+        k.kc.stop_channels()

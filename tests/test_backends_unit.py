@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,70 @@ def test_unsupported_defaults_raise_not_supported() -> None:
         make("lxd").log("a", level="INFO")
     with pytest.raises(NotSupported, match=r"template arguments .* not supported by incus"):
         b.create("a", "img", template_args=["--release", "x"])
+
+
+# -- the commands each client gets, through a fake client on PATH (no daemon) --------------------------------
+
+FAKE = """#!/bin/sh
+printf '%s\\n' "$*" >> {log}
+case "$1" in
+  query) case "$2" in *snapshots*) echo '[{{"name": "n/snap0", "created_at": "2026-01-01T00:00:00Z"}}]';;
+                      *) echo '{{"status": "{status}", "expanded_config": {{}}}}';; esac;;
+  config) [ "$2" = get ] && echo value;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Path]:
+    """Writes fake ``incus`` and ``lxc`` clients that log their argv and answer queries with ``status``."""
+    from lxc_kernel import spawn
+
+    log = tmp_path / "argv.log"
+
+    def install(status: str = "Running") -> Path:
+        for client in ("incus", "lxc"):
+            path = tmp_path / client
+            path.write_text(FAKE.format(log=log, status=status))
+            path.chmod(0o755)
+        return log
+
+    monkeypatch.setitem(spawn.TOOL_ENV, "PATH", f"{tmp_path}:{spawn.TOOL_ENV['PATH']}")
+    return install
+
+
+def _calls(log: Path) -> list[str]:
+    lines = log.read_text().splitlines()
+    return [line for line in lines if not line.startswith("query")]
+
+
+@pytest.mark.parametrize(("kind", "wanted"), [
+    ("incus", ["pause n", "resume n", "snapshot create n", "snapshot restore n snap0", "snapshot delete n snap0",
+               "copy n/snap0 n2", "copy n n3 --stateless --instance-only", "config set n limits.memory 64MiB",
+               "config unset n limits.cpu.allowance", "init lxck-busybox n4 -c limits.memory=1GiB",
+               "stop n --force", "delete --force n"]),
+    ("lxd", ["pause n", "start n", "snapshot n", "restore n snap0", "delete n/snap0",
+             "copy n/snap0 n2", "copy n n3 --stateless --instance-only", "config set n limits.memory 64MiB",
+             "config unset n limits.cpu.allowance", "init lxck-busybox n4 -c limits.memory=1GiB",
+             "stop n --force", "delete --force n"]),
+])
+def test_each_client_gets_its_own_commands(fake_client: Callable[[str], Path], kind: str, wanted: list[str]) -> None:
+    b = make(kind)
+    log = fake_client("Running")
+    b.freeze("n", timeout=0)  # the fake stays Running: the state reached is reported, not awaited for long
+    log = fake_client("Frozen")
+    b.unfreeze("n", timeout=0)
+    log = fake_client("Running")
+    b.snapshot("n")
+    b.restore("n", "snap0")
+    b.delete_snapshot("n", "snap0")
+    b.restore("n", "snap0", "n2")
+    b.clone("n", "n3")
+    b.set_limit("n", "memory", "64M")
+    b.set_limit("n", "cpu", "off")
+    b.create("n4", "lxck-busybox", config=[("limits.memory", "1GiB")])
+    log = fake_client("Stopped")
+    b.stop("n", kill=True)
+    b.destroy("n", snapshots=True)
+    assert _calls(log) == wanted

@@ -23,14 +23,13 @@ from ..lxc import (
     validate_name,
     validate_path,
 )
+from ..provision import KINDS  # the kinds it knows how to make work here (PTYs, cgroups, no network)
 from .base import Backend, LimitResult
 
 if TYPE_CHECKING:
     from ..attach import AttachOptions
     from ..transport import Transport
 
-# The kinds provision.py knows how to make work here (PTYs, cgroups, no network).
-KINDS = ("busybox", "hostfs", "debian")
 
 _MEMORY_RE = re.compile(r"[0-9]+[KMGkmg]?")
 _CPUSET_RE = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")

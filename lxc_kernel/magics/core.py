@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Protocol
 from .. import policy
 from ..attach import AttachOptions
 from ..backends import Backend
+from ..backends.classic import KINDS  # the policy reads them as known templates
 from ..errors import ConfigError, LxcKernelError
 from ..lxc import State
 from ..options import OPTIONS, on_off
@@ -224,8 +225,6 @@ def _prepare(host: Host, line: str) -> _Line:
     return _Line(entry, args, help_only(args))
 
 
-# The kinds the classic backend provisions: the policy lets `safe` kernels name them as templates.
-KINDS = ("busybox", "hostfs", "debian")
 
 
 def help_only(args: Sequence[str]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,3 +249,20 @@ def test_each_client_gets_its_own_commands(fake_client: Callable[[str], Path], k
     b.stop("n", kill=True)
     b.destroy("n", snapshots=True)
     assert _calls(log) == wanted
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--backend", "incus", "--container", "web1", "--ssh", "node2"], "ssh is not supported by incus"),
+    (["--container", "R:web1"], "REMOTE:NAME is for the incus and lxd backends"),
+    (["--container", "web1", "--project", "p1"], "project is for the incus and lxd backends"),
+    (["--backend", "lxd", "--container", "web_1"], "Incus and LXD names"),
+    (["--backend", "incus", "--container", "web1", "--sudo"], "sudo is not supported by incus"),
+    (["--backend", "incus", "--container", "web1", "--image", "a b"], "invalid image"),
+    (["--container", "web1", "--ssh=-oProxyCommand=x"], "invalid ssh target"),
+    (["--backend", "podman", "--container", "web1"], "is not one of lxc, incus, lxd"),
+])
+def test_the_install_cli_refuses_options_that_do_not_fit(argv: list[str], message: str) -> None:
+    from lxc_kernel import install
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        install.traits_from_args(install.build_parser().parse_args(argv))

@@ -107,7 +107,7 @@ class LXCKernel(Kernel):
         """The kernel's one ssh connection (ControlMaster) to the ``ssh`` host, opened on first use and
         closed at shutdown."""
         link = getattr(self, "_ssh", None)
-        if link is not None and getattr(link, "spec", self.ssh) == self.ssh:
+        if link is not None and getattr(self, "_ssh_spec", None) == self.ssh:
             return link
         try:
             from .ssh import SshLink, parse_target  # type: ignore[import-not-found]
@@ -116,8 +116,7 @@ class LXCKernel(Kernel):
         self._close_ssh()
         link = SshLink(parse_target(self.ssh))
         link.open()
-        link.spec = self.ssh
-        self._ssh = link
+        self._ssh, self._ssh_spec = link, self.ssh
         return link
 
     def _close_ssh(self) -> None:

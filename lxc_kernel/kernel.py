@@ -107,16 +107,21 @@ class LXCKernel(Kernel):
         """The kernel's one ssh connection (ControlMaster) to the ``ssh`` host, opened on first use and
         closed at shutdown."""
         link = getattr(self, "_ssh", None)
-        if link is not None and getattr(self, "_ssh_spec", None) == self.ssh:
-            return link
-        try:
-            from .ssh import SshLink, parse_target  # type: ignore[import-not-found]
-        except ImportError:
-            raise NotSupported("ssh", "this build", "it has no ssh transport (lxc_kernel/ssh.py)") from None
-        self._close_ssh()
-        link = SshLink(parse_target(self.ssh))
-        link.open()
-        self._ssh, self._ssh_spec = link, self.ssh
+        if link is None or getattr(self, "_ssh_spec", None) != self.ssh:
+            try:
+                from .ssh import SshLink, parse_target  # type: ignore[import-not-found]
+            except ImportError:
+                raise NotSupported("ssh", "this build", "it has no ssh transport (lxc_kernel/ssh.py)") from None
+            self._close_ssh()
+            link = SshLink(parse_target(self.ssh))
+            self._ssh, self._ssh_spec = link, self.ssh
+        if not link.alive():
+            link.open()
+            if self._watchdog is not None:
+                # The master is recorded now, and its control directory goes if this kernel dies.
+                self._watchdog.scan()
+                if getattr(link, "control_dir", None):
+                    self._watchdog.spill_dir(link.control_dir)
         return link
 
     def _close_ssh(self) -> None:
@@ -198,6 +203,11 @@ class LXCKernel(Kernel):
             raise
         self.shell_session = session
         self._options = options
+        end_shell = getattr(session.transport, "end_shell_argv", None)
+        if end_shell is not None and session.info is not None and hasattr(self._watchdog, "on_death"):
+            # Behind ssh the host cannot kill the shell's jobs by PID: if this kernel dies, its watchdog
+            # ends them inside, through the link, first.
+            self._watchdog.on_death("shell", end_shell(session.info.pid))  # type: ignore[union-attr]
         if not quiet:
             for warning in options.warnings:
                 self._stream("stderr", f"warning: {warning}\n")

@@ -311,3 +311,27 @@ def test_the_watchdog_removes_the_copy_of_a_killed_kernel(backend: Backend) -> N
         assert make(backend.kind).wait(copy, State.MISSING, 30) is State.MISSING
     finally:
         k.kc.stop_channels()
+
+
+@pytest.mark.timeout(300)
+def test_limits_and_snapshots_act_inside(backend: Backend, other: str) -> None:
+    """What the magics set is what the container lives with: a live memory limit kills a larger
+    allocation, and a restored snapshot brings a removed file back."""
+    if backend.kind == "incus" and (reason := exec_reason()):
+        pytest.skip(reason)
+    backend.make_container(other)
+    k = start_kernel(other, f"--LXCKernel.backend={backend.kind}")
+    try:
+        ok(k, "%lxc limit memory 64M")
+        r = k.execute("dd if=/dev/zero of=/dev/null bs=200M count=1", timeout=60)
+        assert r.status == "error" and "137" in r.errors[0]["evalue"], (r.errors, r.stream())
+        ok(k, "dd if=/dev/zero of=/dev/null bs=8M count=1")
+        ok(k, "%lxc limit memory off")
+        ok(k, "dd if=/dev/zero of=/dev/null bs=200M count=1")
+        ok(k, "echo one > /root/marker")
+        assert "snapshot snap0" in ok(k, "%lxc snapshot --stop", timeout=180).stream()
+        ok(k, "rm /root/marker")
+        r = ok(k, "%lxc restore snap0 --stop\ncat /root/marker", timeout=180)
+        assert "restored" in r.stream() and r.stream().splitlines()[-1] == "one"
+    finally:
+        k.shutdown()

@@ -131,11 +131,16 @@ def lxc_restore(host: Host, ns: argparse.Namespace) -> None:
         return
     # Classic LXC restores only a stopped container; Incus/LXD restore a running one themselves.
     was_running = stopped_for(host, name, ns.stop, "restore") if backend.snapshot_needs_stop else False
+    note = ""
     if not backend.snapshot_needs_stop:
         require_state(host, name)
+        if is_attached(host, name):
+            # The instance's files (and, running, its processes) are replaced under the shell.
+            host.close_session()
+            note = " - the next cell attaches a fresh shell"
     try:
         backend.restore(name, snap)
-        say(host, f"restored {name} to snapshot {snap} ({time.monotonic() - t0:.2f} s)")
+        say(host, f"restored {name} to snapshot {snap} ({time.monotonic() - t0:.2f} s){note}")
     finally:
         if was_running:
             restart_after(host, name)

@@ -335,3 +335,13 @@ def test_limits_and_snapshots_act_inside(backend: Backend, other: str) -> None:
         assert "restored" in r.stream() and r.stream().splitlines()[-1] == "one"
     finally:
         k.shutdown()
+
+
+def test_completion_offers_the_backends_containers(kernel: Kernel, backend: Backend) -> None:
+    """`%lxc use <Tab>` offers the backend's own containers; subcommands come from the magics registry."""
+    from test_completion import complete
+
+    reply = complete(kernel, f"%lxc use {RUN}ba")
+    assert backend.base in reply["matches"]
+    reply = complete(kernel, "%lxc sn")
+    assert reply["matches"] == ["snapshot"]

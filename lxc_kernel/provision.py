@@ -458,6 +458,13 @@ _CREATE: dict[str, Callable[[Container, str, ids.IdMap | None], None]] = {
 }
 
 
+def check_extra_config(config: str) -> None:
+    """Refuse ``lxc.idmap`` in config text given for a new container: the map comes from root's range."""
+    if "lxc.idmap" in {kv[0] for kv in map(_split, config.splitlines()) if kv}:
+        raise ConfigError("lxc.idmap is chosen by lxc-kernel (root's range in /etc/subuid); to pick another "
+                          "map, create the container with lxc-create, or add --privileged for none")
+
+
 def create_from_template(
     ct: Container,
     template: str,
@@ -474,9 +481,7 @@ def create_from_template(
     a user namespace, lxc-debian among them), and its rootfs is then shifted. Returns the map (None:
     privileged). A container that could not be made unprivileged is removed again.
     """
-    if "lxc.idmap" in {kv[0] for kv in map(_split, config.splitlines()) if kv}:
-        raise ConfigError("lxc.idmap is chosen by lxc-kernel (root's range in /etc/subuid); to pick another "
-                          "map, create the container with lxc-create, or add --privileged for none")
+    check_extra_config(config)
     container_dir = os.path.dirname(ct.config_path())
     idmap = None if privileged else ids.root_map()
     if idmap is not None:

@@ -177,19 +177,14 @@ def parse_idmap(values: Sequence[str]) -> IdMap | None:
     sides gives None too: LXC refuses to start it, so it never runs privileged by mistake either.
     """
     last_reset = max((i for i, v in enumerate(values) if not v.strip()), default=-1)
-    uid = gid = None
-    size = MAP_SIZE
+    root: dict[str, tuple[int, int]] = {}  # "u"/"g" -> (host id, count) of the entry that maps id 0
     for value in values[last_reset + 1 :]:
         fields = value.split()
-        if len(fields) != 4 or not all(f.isdigit() for f in fields[1:]) or fields[1] != "0":
-            continue
-        if fields[0] == "u" and uid is None:
-            uid, size = int(fields[2]), int(fields[3])
-        elif fields[0] == "g" and gid is None:
-            gid, size = int(fields[2]), min(size, int(fields[3]))
-    if uid is None or gid is None:
+        if len(fields) == 4 and fields[0] in ("u", "g") and fields[1] == "0" and all(f.isdigit() for f in fields[2:]):
+            root.setdefault(fields[0], (int(fields[2]), int(fields[3])))
+    if "u" not in root or "g" not in root:
         return None
-    return IdMap(uid, gid, size)
+    return IdMap(root["u"][0], root["g"][0], min(root["u"][1], root["g"][1]))
 
 
 # -- shifting a root file system ------------------------------------------------------------------------

@@ -436,6 +436,7 @@ def _create_hostfs(ct: Container, container_dir: str, idmap: ids.IdMap | None) -
     # config last: until lxc-create has written it, LXC does not see a container at all.
     try:
         if not had_dir:
+            os.makedirs(os.path.dirname(container_dir), 0o755, exist_ok=True)  # the lxcpath, as lxc-create would
             os.mkdir(container_dir, ids.PRIVILEGED_DIR_MODE)
         populate_hostfs(rootfs, ct.name)
         if idmap is not None:

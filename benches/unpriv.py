@@ -23,10 +23,8 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from lxc_kernel import provision  # noqa: E402
-from lxc_kernel.lxc import TOOL_ENV, Container  # noqa: E402
+from lxc_kernel import provision
+from lxc_kernel.lxc import TOOL_ENV, Container
 
 PREFIX = "lxck-t8u-bench-"
 

@@ -544,3 +544,19 @@ def test_provision_cli_privileged_warns_and_unprivileged_says_its_map() -> None:
     finally:
         for name in (un, pr):
             destroy_container(name, Tools())
+
+
+@needs_root_lxc
+@pytest.mark.timeout(300)
+def test_the_zero_setup_container_is_unprivileged() -> None:
+    """What the shipped `lxc` kernelspec does on first use (create_missing)."""
+    name = f"{RUN}zero"
+    k = start_kernel(name, "--LXCKernel.create_missing=hostfs")
+    try:
+        r = k.execute("cat /proc/self/uid_map", timeout=120)
+        assert r.status == "ok", (r.errors, r.stream("stderr"))
+        assert f"created container {name} (hostfs, unprivileged)" in r.stream("stderr")
+        assert r.stream().split() == ["0", str(MAP.uid), "65536"]
+    finally:
+        k.shutdown()
+        destroy_container(name)

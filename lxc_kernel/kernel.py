@@ -455,9 +455,9 @@ class LXCKernel(Kernel):
         if state is State.MISSING and self.create_missing:
             # The classic backend makes a kind; Incus/LXD launch an image (by default one named like the kind).
             source = self.create_missing if lifecycle.create_kinds else (self.image or self.create_missing)
-            seconds = lifecycle.provision(name, source, start=True)
-            what = "kind" if lifecycle.create_kinds else "image"
-            self._stream("stderr", f"created container {name} ({what} {source}) in {seconds:.2f} s\n")
+            done = lifecycle.provision(name, source, start=True)
+            how = "privileged" if done.privileged else "unprivileged"
+            self._stream("stderr", f"created container {name} ({source}, {how}) in {done.seconds:.2f} s\n")
         elif state in (State.STOPPED, State.FROZEN):
             if state is State.STOPPED:
                 reached = lifecycle.start(name, self.startup_timeout)

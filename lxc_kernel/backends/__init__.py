@@ -6,11 +6,11 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..lxc import Tools
-from .base import Backend, LimitResult, NotSupported
+from .base import Backend, Created, LimitResult, NotSupported
 from .classic import KINDS, ClassicBackend
 from .incus import IncusBackend, parse_ref, validate_image, validate_project
 
-__all__ = ["BACKENDS", "KINDS", "Backend", "ClassicBackend", "IncusBackend", "LimitResult", "NotSupported",
+__all__ = ["BACKENDS", "KINDS", "Backend", "ClassicBackend", "Created", "IncusBackend", "LimitResult", "NotSupported",
            "check_settings", "from_record", "make"]
 
 BACKENDS = ("lxc", "incus", "lxd")

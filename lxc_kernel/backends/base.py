@@ -27,6 +27,21 @@ class NotSupported(LxcKernelError):
 
 
 @dataclass(frozen=True)
+class Created:
+    """What ``create`` or ``provision`` made: whether root inside is root on the host, and how long it took."""
+
+    privileged: bool
+    detail: str = ""  # the id map, for messages
+    seconds: float = 0.0
+
+    @property
+    def how(self) -> str:
+        if self.privileged:
+            return "privileged"
+        return "unprivileged" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
 class LimitResult:
     """What ``set_limit`` did: one line per place it wrote (live, config)."""
 
@@ -140,17 +155,22 @@ class Backend:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def create(self, name: str, source: str, *, config: Sequence[tuple[str, str]] = (),
-               template_args: Sequence[str] = ()) -> None:
-        """Create ``name`` (stopped) from ``source``: a template or kind (classic), an image alias (Incus)."""
+               template_args: Sequence[str] = (), privileged: bool = False) -> Created:
+        """Create ``name`` (stopped) from ``source``: a template or kind (classic), an image alias (Incus).
+        Unprivileged (root inside is an unprivileged host uid) unless ``privileged``."""
         raise self._unsupported("create")
 
-    def provision(self, name: str, source: str, *, start: bool = True) -> float:
-        """What ``create_missing`` does: create ``name`` from ``source`` and start it; the seconds it took."""
+    def provision(self, name: str, source: str, *, start: bool = True) -> Created:
+        """What ``create_missing`` does: create ``name`` (unprivileged) from ``source`` and start it."""
         t0 = time.monotonic()
-        self.create(name, source)
+        made = self.create(name, source)
         if start:
             self.start(name)
-        return time.monotonic() - t0
+        return Created(made.privileged, made.detail, time.monotonic() - t0)
+
+    def privilege(self, name: str) -> str:
+        """Whether root inside ``name`` is root on the host, for ``%lxc info``: ``no: MAP`` or ``yes: ...``."""
+        raise self._unsupported("privilege")
 
     def start(self, name: str, timeout: float = 10.0) -> State:
         raise self._unsupported("start")

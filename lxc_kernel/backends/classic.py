@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from ..lxc import (
     validate_path,
 )
 from ..provision import KINDS  # the kinds it knows how to make work here (PTYs, cgroups, no network)
-from .base import Backend, LimitResult
+from .base import Backend, Created, LimitResult
 
 if TYPE_CHECKING:
     from ..attach import AttachOptions
@@ -179,9 +178,10 @@ class ClassicBackend(Backend):
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def create(self, name: str, source: str, *, config: Sequence[tuple[str, str]] = (),
-               template_args: Sequence[str] = ()) -> None:
+               template_args: Sequence[str] = (), privileged: bool = False) -> Created:
         """A kind (busybox, hostfs, debian) through provision.py, else ``lxc-create -t TEMPLATE`` with no
-        network but loopback unless ``config`` says otherwise."""
+        network but loopback unless ``config`` says otherwise; unprivileged (root's /etc/subuid range)
+        unless ``privileged``."""
         from .. import provision
 
         self._host_files("create")
@@ -191,24 +191,31 @@ class ClassicBackend(Backend):
         else:
             validate_name(source, "template name")
         entries = [(validate_config_key(k), validate_config_value(v)) for k, v in config]
+        text = "".join(f"{k} = {v}\n" for k, v in entries)
         if source in KINDS and not template_args:
-            provision.provision(ct.name, source, start=False, tools=self.tools)
+            provision.check_extra_config(text)
+            idmap = provision.provision(ct.name, source, start=False, tools=self.tools, privileged=privileged).idmap
             for key, value in entries:
                 ct.config_set(key, value)
-            return
-        text = provision.NET_EMPTY_CONFIG + "".join(f"{k} = {v}\n" for k, v in entries)
-        with tempfile.NamedTemporaryFile("w", prefix="lxck-create-", suffix=".conf") as fh:
-            fh.write(text)
-            fh.flush()
-            ct.create(source, config_file=fh.name, template_args=template_args)
+        else:
+            idmap = provision.create_from_template(ct, source, config=text, template_args=template_args,
+                                                   privileged=privileged)
+        return Created(idmap is None, idmap.describe() if idmap is not None else "")
 
-    def provision(self, name: str, source: str, *, start: bool = True) -> float:
+    def provision(self, name: str, source: str, *, start: bool = True) -> Created:
         from .. import provision
 
         self._host_files("create_missing")
         if source not in KINDS:
             raise ConfigError(f"unknown kind {source!r}: the lxc backend creates {', '.join(KINDS)}")
-        return provision.provision(self.validate_name(name), source, start=start, tools=self.tools).seconds
+        done = provision.provision(self.validate_name(name), source, start=start, tools=self.tools)
+        return Created(done.idmap is None, done.idmap.describe() if done.idmap is not None else "", done.seconds)
+
+    def privilege(self, name: str) -> str:
+        from ..idmap import parse_idmap
+
+        idmap = parse_idmap(self._ct(name).idmap_values())
+        return f"no: {idmap.describe()}" if idmap else "yes: no id map, root inside is root on the host"
 
     def start(self, name: str, timeout: float = 10.0) -> State:
         return self._ct(name).start(timeout)

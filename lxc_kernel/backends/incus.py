@@ -13,7 +13,7 @@ from ..bounded import MiB, run_bounded
 from ..errors import ConfigError, ContainerNotReady, LxcCommandError, LxcNotInstalled
 from ..lxc import ContainerInfo, Snapshot, State, validate_config_value
 from ..spawn import TOOL_ENV
-from .base import Backend, LimitResult
+from .base import Backend, Created, LimitResult
 from .classic import check_limit, is_off
 
 if TYPE_CHECKING:
@@ -314,15 +314,33 @@ class IncusBackend(Backend):
         return state
 
     def create(self, name: str, source: str, *, config: Sequence[tuple[str, str]] = (),
-               template_args: Sequence[str] = ()) -> None:
-        """``init IMAGE NAME -c KEY=VALUE...``: a stopped instance from a local image alias."""
+               template_args: Sequence[str] = (), privileged: bool = False) -> Created:
+        """``init IMAGE NAME -c KEY=VALUE...``: a stopped instance from a local image alias. Incus/LXD
+        instances are unprivileged unless ``security.privileged=true`` (``privileged``)."""
         self.validate_name(name)
         if template_args:
             raise self._unsupported("template arguments (`-- ARGS`)", "give an image alias with -t")
         args = ["init", validate_image(source), name]
-        for key, value in config:
+        entries = list(config) + ([("security.privileged", "true")] if privileged else [])
+        for key, value in entries:
             args += ["-c", f"{self.validate_config_key(key)}={validate_config_value(value)}"]
         self.run(*args, timeout=300)
+        privileged = any(k == "security.privileged" and v.lower() in ("true", "1") for k, v in entries)
+        return Created(privileged, "" if privileged else f"{self.name}'s id map")
+
+    def privilege(self, name: str) -> str:
+        config = self.config(name)
+        if config.get("security.privileged", "").lower() in ("true", "1"):
+            return "yes: security.privileged, root inside is root on the host"
+        try:
+            maps = json.loads(config.get("volatile.idmap.current") or "[]")
+        except ValueError:
+            maps = []
+        uids = [m for m in maps if m.get("Isuid") and m.get("Nsid") == 0]
+        if uids:
+            m = uids[0]
+            return f"no: uid 0-{m['Maprange'] - 1} -> {m['Hostid']}-{m['Hostid'] + m['Maprange'] - 1} on the host"
+        return f"no: {self.name}'s id map"
 
     def start(self, name: str, timeout: float = 10.0) -> State:
         self.validate_name(name)

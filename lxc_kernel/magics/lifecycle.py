@@ -59,8 +59,9 @@ def lxc_list(host: Host, ns: argparse.Namespace) -> None:
 
 
 @lxc_subcommand("info", """
-    %lxc info [NAME]                   state, PID, CPU and memory use, IPs, limits in force, and
-                                       this kernel's session (shell PID, attach options)
+    %lxc info [NAME]                   state, PID, CPU and memory use, IPs, limits in force,
+                                       whether it is privileged (its id map), and this
+                                       kernel's session (shell PID, attach options)
 """, arguments=_name_arg, takes_container=True, topic="lifecycle")
 def lxc_info(host: Host, ns: argparse.Namespace) -> None:
     backend = host.lifecycle
@@ -75,6 +76,10 @@ def lxc_info(host: Host, ns: argparse.Namespace) -> None:
     if info.memory_bytes is not None:
         rows.append(("memory use", _human_bytes(info.memory_bytes)))
     rows.append(("IPs", ", ".join(info.ips) or "none"))
+    try:
+        rows.append(("privileged", backend.privilege(name)))
+    except LxcKernelError as exc:
+        rows.append(("privileged", f"unknown ({exc})"))
     if info.state is State.RUNNING:
         try:
             rows += backend.limits(name)
@@ -134,14 +139,18 @@ def _create_args(c: MagicParser) -> None:
     for short, key in SECURITY_KEYS.items():
         c.add_argument(f"--{short}", metavar="PROFILE", help=key)
     c.add_argument("--start", action="store_true")
+    c.add_argument("--privileged", action="store_true")
 
 
 @lxc_subcommand("create", """
     %lxc create NAME [-t TEMPLATE|IMAGE] [--config KEY=VALUE ...] [--apparmor PROFILE]
-                [--seccomp FILE] [--selinux CONTEXT] [--start] [-- TEMPLATE ARGS]
+                [--seccomp FILE] [--selinux CONTEXT] [--start] [--privileged] [-- TEMPLATE ARGS]
+                                       Unprivileged (root inside is an unprivileged host uid)
+                                       unless --privileged.
                                        lxc: TEMPLATE is busybox (default), hostfs, debian, or any
-                                       lxc-create template. No network but loopback unless a
-                                       --config lxc.net.0.* says otherwise (no lxcbr0 needed).
+                                       lxc-create template (root's /etc/subuid range maps root).
+                                       No network but loopback unless a --config lxc.net.0.*
+                                       says otherwise (no lxcbr0 needed).
                                        --apparmor/--seccomp/--selinux are shorthand for
                                        --config lxc.apparmor.profile=... and friends.
                                        incus/lxd: -t IMAGE is a local image alias (required);
@@ -166,11 +175,15 @@ def lxc_create(host: Host, ns: argparse.Namespace) -> None:
     if backend.exists(name):
         raise MagicFailed(f"container {name!r} already exists (`%lxc info {name}`)")
     t0 = time.monotonic()
-    backend.create(name, source, config=entries, template_args=template_args)
+    made = backend.create(name, source, config=entries, template_args=template_args, privileged=ns.privileged)
     shown = "".join(f"\n  {k} = {v}" for k, v in entries)
     what = "template" if backend.create_kinds else "image"
-    say(host, f"created {name} from {what} {source} in {time.monotonic() - t0:.2f} s"
+    say(host, f"created {name} from {what} {source} in {time.monotonic() - t0:.2f} s, {made.how}"
               + (f"; config:{shown}" if shown else ""))
+    if made.privileged:
+        from ..provision import PRIVILEGED_WARNING
+
+        host.emit_text("warning: " + PRIVILEGED_WARNING.format(name=name) + "\n", "stderr")
     if ns.start:
         state, seconds = timed(lambda: backend.start(name))
         say(host, expect(name, state, State.RUNNING, seconds, "start"))

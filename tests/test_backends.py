@@ -117,7 +117,7 @@ def test_status_info_list(kernel: Kernel, backend: Backend) -> None:
     assert re.match(rf"container {backend.base}: RUNNING \(init PID \d+\)", r.stream())
     r = ok(kernel, "%lxc info")
     assert re.search(r"state\s+RUNNING", r.stream()) and re.search(rf"backend\s+{backend.kind}", r.stream())
-    assert "memory" in r.stream()
+    assert "memory" in r.stream() and re.search(r"privileged\s+no: ", r.stream())
     r = ok(kernel, "%lxc list")
     table = "".join(m["content"]["data"]["text/plain"] for m in r.of_type("display_data"))
     assert re.search(rf"\* {backend.base}\s+RUNNING", table)
@@ -126,6 +126,7 @@ def test_status_info_list(kernel: Kernel, backend: Backend) -> None:
 def test_lifecycle(kernel: Kernel, backend: Backend, other: str) -> None:
     r = ok(kernel, f"%lxc create {other} -t {backend.source} --start", timeout=300)
     assert f"created {other} from" in r.stream() and f"container {other}: RUNNING" in r.stream()
+    assert ", unprivileged" in r.stream() and "warning" not in r.stream("stderr")
     assert "already exists" in fails(kernel, f"%lxc create {other} -t {backend.source}")
     assert f"container {other}: FROZEN" in ok(kernel, f"%lxc freeze {other}").stream()
     assert backend.state(other) is State.FROZEN

@@ -123,6 +123,7 @@ def test_status_info_list(kernel: Kernel, backend: Backend) -> None:
     assert re.search(rf"\* {backend.base}\s+RUNNING", table)
 
 
+@pytest.mark.timeout(300)
 def test_lifecycle(kernel: Kernel, backend: Backend, other: str) -> None:
     r = ok(kernel, f"%lxc create {other} -t {backend.source} --start", timeout=300)
     assert f"created {other} from" in r.stream() and f"container {other}: RUNNING" in r.stream()
@@ -140,6 +141,7 @@ def test_lifecycle(kernel: Kernel, backend: Backend, other: str) -> None:
     assert "does not exist" in fails(kernel, f"%lxc start {other}")
 
 
+@pytest.mark.timeout(300)
 def test_snapshots_and_clones(kernel: Kernel, backend: Backend, other: str) -> None:
     ok(kernel, f"%lxc create {other} -t {backend.source} --start", timeout=300)
     r = ok(kernel, f"%lxc snapshot {other} --stop", timeout=300)
@@ -160,6 +162,7 @@ def test_snapshots_and_clones(kernel: Kernel, backend: Backend, other: str) -> N
         assert backend.state(name) is State.MISSING
 
 
+@pytest.mark.timeout(300)
 def test_limits_config_log(kernel: Kernel, backend: Backend) -> None:
     r = ok(kernel, "%lxc limit memory 96M")
     assert "memory" in r.stream() and "96" in r.stream()
@@ -175,6 +178,7 @@ def test_limits_config_log(kernel: Kernel, backend: Backend) -> None:
     ok(kernel, "%lxc log --lines 3")
 
 
+@pytest.mark.timeout(300)
 def test_use_moves_between_containers(kernel: Kernel, backend: Backend, other: str) -> None:
     ok(kernel, f"%lxc create {other} -t {backend.source}", timeout=300)
     r = ok(kernel, f"%lxc use {other}")
@@ -232,6 +236,7 @@ def test_cells_files_and_reset(kernel: Kernel, backend: Backend, tmp_path: objec
     assert "reset: a fresh shell" in r.stream() and r.stream().endswith("after\n")
 
 
+@pytest.mark.timeout(300)
 def test_files_and_users(kernel: Kernel, backend: Backend, tmp_path: object) -> None:
     if backend.kind == "incus" and (reason := exec_reason()):
         pytest.skip(reason)
@@ -263,6 +268,7 @@ def test_fanout_on_the_backend(kernel: Kernel, backend: Backend) -> None:
     assert r.stream().splitlines() == [f"{backend.base} | {backend.base}"]
 
 
+@pytest.mark.timeout(300)
 def test_ephemeral_kernel(backend: Backend) -> None:
     """Each kernel in its own throwaway copy of the base (lxc-copy -e / incus copy --ephemeral), gone at shutdown."""
     if backend.kind == "incus" and (reason := exec_reason()):
@@ -278,6 +284,7 @@ def test_ephemeral_kernel(backend: Backend) -> None:
     assert make(backend.kind).wait(copy, State.MISSING, 15) is State.MISSING
 
 
+@pytest.mark.timeout(300)
 def test_create_missing_and_start_stopped(backend: Backend, other: str) -> None:
     """The zero-setup options: a missing container is made (a kind on lxc, an image on incus) and started."""
     if backend.kind == "incus" and (reason := exec_reason()):

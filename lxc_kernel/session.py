@@ -248,6 +248,7 @@ class ShellSession:
                     except OSError:
                         pass
                     chan.wait(0.3)
+                self.transport.end_shell(chan, self.info.pid if self.info is not None else None)
                 if chan.alive:
                     chan.hangup()  # Incus and LXD clients only clean up on SIGHUP; lxc-attach takes it too
                     chan.wait(0.1)

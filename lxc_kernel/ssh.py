@@ -178,6 +178,11 @@ class SshLink:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     @property
+    def control_dir(self) -> str | None:
+        """The private directory of the control socket while open (a watchdog removes it if the kernel dies)."""
+        return self._dir
+
+    @property
     def socket(self) -> str:
         if self._dir is None:
             raise LinkDown(f"{self.describe()} is not open")

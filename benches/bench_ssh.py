@@ -97,6 +97,21 @@ def raw_shell_true(argv: list[str], env: dict[str, str], reps: int) -> dict[str,
         bench._end_pty(proc)
 
 
+def pty_seq(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """``seq 1 2000000`` under a raw PTY through ``argv``, read to end of file: the throughput floor."""
+    from ptyprocess import PtyProcess
+
+    t0 = time.perf_counter()
+    proc = PtyProcess.spawn(argv, cwd="/", env=env, dimensions=(24, 120))
+    proc.delayafterclose = proc.delayafterterminate = 0
+    try:
+        size, _tail = bench._read_pty_to_eof(proc.fd, 300.0)
+        elapsed = time.perf_counter() - t0
+    finally:
+        bench._end_pty(proc)
+    return {"seconds": rnd(elapsed), "bytes": size, "mb_per_s": rnd(size / 1e6 / elapsed, 2)}
+
+
 def session_figures(transport: Any, reps: int) -> dict[str, Any]:
     """The kernel's ShellSession in-process: start, `true`, the 15 MB cell, interrupt."""
     from lxc_kernel.session import ShellSession
@@ -234,6 +249,10 @@ def run(args: Any) -> dict[str, Any]:
                                                dict(bench.TOOL_ENV), reps["pipe"]),
             "ssh_pty_shell_true": raw_shell_true(link.wrap(shell, tty=True), env, reps["shell"]),
             "local_pty_shell_true": raw_shell_true(local_shell, dict(bench.TOOL_ENV), reps["shell"]),
+            "ssh_pty_seq_15mb": pty_seq(link.wrap(["lxc-attach", "-n", remote, "--clear-env", "--", "seq", "1",
+                                                   str(SEQ_N)], tty=True), env),
+            "local_pty_seq_15mb": pty_seq(["lxc-attach", "-n", local, "--clear-env", "--", "seq", "1", str(SEQ_N)],
+                                          dict(bench.TOOL_ENV)),
         }
         log("session in-process")
         result["session"] = {
@@ -275,6 +294,8 @@ def run(args: Any) -> dict[str, Any]:
         "floor_ssh_mux_true": med("floors", "ssh_mux_true", "median"),
         "kernel_start_ssh": med("kernel", "ssh", "start"),
         "kernel_start_lxc_attach": med("kernel", "lxc-attach", "start"),
+        "floor_pty_seq_15mb_ssh": med("floors", "ssh_pty_seq_15mb", "seconds"),
+        "floor_pty_seq_15mb_local": med("floors", "local_pty_seq_15mb", "seconds"),
         "kernel_seq_15mb_ssh": med("kernel", "ssh", "seq_15mb", "reply"),
         "kernel_seq_15mb_lxc_attach": med("kernel", "lxc-attach", "seq_15mb", "reply"),
         "kernel_interrupt_ssh": med("kernel", "ssh", "interrupt", "median"),

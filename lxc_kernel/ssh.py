@@ -407,6 +407,11 @@ class SshTransport(Transport):
         os.set_blocking(proc.stdout.fileno(), False)
         return proc
 
+    def end_shell_argv(self, shell_pid: int) -> list[str]:
+        """The host argv that ends the shell's tree and session inside the container: for the kernel's
+        watchdog (``on_death``), which runs it before it kills the master if the kernel dies."""
+        return self.pipe_argv(["/bin/sh", "-c", _END_SHELL, "lxck-end", str(int(shell_pid))])
+
     def end_shell(self, channel: PtyChannel, shell_pid: int | None) -> None:
         """Kill the shell's tree and session inside the container (by its PID there) before the client
         goes: a signal to the ssh client would leave them behind."""

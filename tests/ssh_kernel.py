@@ -39,7 +39,12 @@ class SshTestKernel(LXCKernel):
                 self._watchdog.scan()
                 if self._link.control_dir:
                     self._watchdog.spill_dir(self._link.control_dir)
-        return super().ensure_session(**kw)
+        session = super().ensure_session(**kw)
+        if self._watchdog is not None and session.info is not None and session is not getattr(self, "_told", None):
+            # If this kernel dies, its watchdog ends the shell's jobs inside, through the link, first.
+            self._watchdog.on_death("shell", session.transport.end_shell_argv(session.info.pid))  # type: ignore
+            self._told = session
+        return session
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         reply = await super().do_shutdown(restart)

@@ -232,6 +232,10 @@ def test_kernel_over_ssh_runs_cells_and_shutdown_leaves_nothing(ssh_kernel: Kern
     _, alive = psutil.wait_procs(host_side, timeout=5)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
     assert not os.path.exists(control_dir)
+    # The watchdog ended the shell's jobs inside, through the link, before it killed the master.
+    left = [(pid, cmd) for pid, state, cmd in sshhost.processes_inside("ssh-ns")
+            if state != "Z" and (pid == shell or cmd.strip() in ("sleep 300", "sleep 301"))]
+    assert not left, left
     left = [(pid, cmd) for pid, state, cmd in sshhost.processes_inside("ssh-ns")
             if state != "Z" and (pid == shell or cmd.strip() in ("sleep 300", "sleep 301") or "lxck" in cmd)]
     assert not left, left
@@ -263,7 +267,8 @@ def test_kernel_remote_container_stopped_mid_cell(ssh_kernel: Kernel) -> None:
 
 @needs_hosts
 def test_controlmaster_gone_after_the_kernel_is_killed(ssh_kernel: Kernel) -> None:
-    assert ssh_kernel.execute("echo ready").stream() == "ready\n"
+    r = ssh_kernel.execute("sleep 300 & sleep 301 & echo $$")
+    shell = int(r.stream())
     master = master_of(ssh_kernel.pid)
     control_dir = os.path.dirname(master.cmdline()[master.cmdline().index("-S") + 1])
     time.sleep(1.5)  # a watchdog look (it was also told to scan when the link opened)
@@ -274,3 +279,22 @@ def test_controlmaster_gone_after_the_kernel_is_killed(ssh_kernel: Kernel) -> No
     while os.path.exists(control_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(control_dir)
+    # The watchdog ended the shell's jobs inside, through the link, before it killed the master.
+    left = [(pid, cmd) for pid, state, cmd in sshhost.processes_inside("ssh-ns")
+            if state != "Z" and (pid == shell or cmd.strip() in ("sleep 300", "sleep 301"))]
+    assert not left, left
+
+
+def test_watchdog_takes_only_well_formed_on_death_commands() -> None:
+    from lxc_kernel.watchdog import remember
+
+    commands: dict[str, list[str]] = {}
+    remember(commands, {"key": "shell", "argv": ["ssh", "-T", "h", "kill"]})
+    for bad in (None, "x", {"argv": ["a"]}, {"key": "k", "argv": "sh -c x"}, {"key": "k", "argv": []},
+                {"key": "k", "argv": ["a", 1]}):
+        remember(commands, bad)
+    assert commands == {"shell": ["ssh", "-T", "h", "kill"]}
+    remember(commands, {"key": "shell", "argv": ["other"]})
+    assert commands == {"shell": ["other"]}
+    remember(commands, {"key": "shell", "argv": None})
+    assert commands == {}

@@ -279,7 +279,9 @@ class SshLink:
 
     def down_error(self, what: str, status: int | None = None, said: str = "") -> LinkDown:
         shown = f" (ssh exited {status})" if status is not None else ""
-        detail = f": {said.strip()[-300:]}" if said.strip() else ""
+        # ssh's first line says why; later ones come from the refused fallback connection.
+        first = said.strip().splitlines()[0][:300] if said.strip() else ""
+        detail = f": {first}" if first else ""
         return LinkDown(f"{what}: {self.describe()} is down{shown}{detail}. Check the network and the "
                         "remote host's sshd; the next cell opens the link again.")
 

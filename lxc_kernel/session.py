@@ -204,6 +204,7 @@ class ShellSession:
         reader, self._reader = self._reader, None
         if reader is None:
             return
+        self.transport.end_spawned(reader)  # type: ignore[arg-type]
         tree = process_tree(reader.pid)  # type: ignore[attr-defined]
         kill_tree(tree)
         wait_gone(tree, 0.3)  # zombies count as gone: the read loop must not wait for init's reaping

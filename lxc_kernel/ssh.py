@@ -321,9 +321,20 @@ exit 0
 """
 
 
-# Runs "$@" in the background and kills it when stdin ends (the ssh channel closed). `read` of ash and bash
-# returns at end of file; the helper's stdin is /dev/null (a background job of a non-interactive shell).
-_WATCHED = '"$@" & c=$!; while read -r _; do :; done; kill $c 2>/dev/null; wait $c'
+# Runs "$@" in the background and ends it when stdin ends (the ssh channel closed: sshd closes the command's
+# stdin). The watcher gives up its stdout at once, so the helper's death alone closes the channel's stdout
+# and the host sees end of file, as with a local helper. stdin is kept on fd 3 first: a background list
+# of a non-interactive shell gets /dev/null as stdin before its own redirections (POSIX), so <&0 would not do.
+_WATCHED = """exec 3<&0
+"$@" 3<&- &
+c=$!
+exec >/dev/null
+{ while read -r _; do :; done; kill $c 2>/dev/null; } <&3 &
+w=$!
+exec 3<&-
+wait $c
+kill $w 2>/dev/null
+"""
 
 
 class SshChannel(PtyChannel):
@@ -408,6 +419,21 @@ class SshTransport(Transport):
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
         return proc
+
+    def end_spawned(self, proc: subprocess.Popen[bytes]) -> None:
+        """End a helper from :meth:`spawn` inside before its client is killed: closing its stdin makes the
+        watcher kill it, and the channel (so the client) closes only once it is gone. A killed client
+        instead left the remote ``cat`` reading the stderr FIFO for up to 0.1 s, and what it read then was
+        lost without a trace."""
+        if proc.stdin is not None and not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            pass
 
     def end_shell_argv(self, shell_pid: int) -> list[str]:
         """The host argv that ends the shell's tree and session inside the container: for the kernel's

@@ -86,7 +86,7 @@ def processes_inside(kind: str) -> list[tuple[int, str, str]]:
     """(pid, state, command line) of every process in the container, zombies included."""
     out = inside(kind, 'for d in /proc/[0-9]*; do read -r s < $d/stat && '
                        'echo "${d#/proc/} ${s##*) }" | cut -d" " -f1,2 | tr "\\n" " "; '
-                       'tr "\\0" " " < $d/cmdline; echo; done 2>/dev/null')
+                       'tr "\\0\\n" "  " < $d/cmdline; echo; done 2>/dev/null')
     procs = []
     for line in out.splitlines():
         parts = line.split(" ", 2)

@@ -298,3 +298,16 @@ def test_watchdog_takes_only_well_formed_on_death_commands() -> None:
     assert commands == {"shell": ["other"]}
     remember(commands, {"key": "shell", "argv": None})
     assert commands == {}
+
+
+@needs_hosts
+def test_interrupt_reaches_the_remote_job_and_keeps_the_link(ssh_kernel: Kernel) -> None:
+    """jupyter_client signals the kernel's whole process group: the master, in its own session, stays."""
+    assert ssh_kernel.execute("kept=yes").status == "ok"
+    master = master_of(ssh_kernel.pid)
+    threading.Timer(1.0, ssh_kernel.km.interrupt_kernel).start()
+    r = ssh_kernel.execute("sleep 60", timeout=30)
+    assert r.status == "error" and r.reply["content"]["ename"] == "KeyboardInterrupt" and r.elapsed < 20
+    assert master.is_running() and master_of(ssh_kernel.pid).pid == master.pid
+    r = ssh_kernel.execute("echo $kept; ps | grep -c '[s]leep 60'", timeout=30)
+    assert r.stream().split() == ["yes", "0"], r.stream()

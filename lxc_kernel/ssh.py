@@ -33,8 +33,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .bounded import PipeResult
 from .errors import ConfigError, LxcKernelError, LxcNotInstalled
 from .spawn import TOOL_ENV, reset_child_signals
 from .transport import Capabilities, PtyChannel, Transport
@@ -396,16 +397,16 @@ class SshTransport(Transport):
             raise self.link.down_error("cannot start the shell")
         return SshChannel(self.shell_argv(), self.spawn_env(), dimensions, self.link)
 
-    def run(self, argv: Sequence[str], **kw: object):  # type: ignore[override]
+    def run(self, argv: Sequence[str], **kw: Any) -> PipeResult:
         if not self.link.alive():
             raise self.link.down_error(f"cannot run {kw.get('what', 'a helper command')}")
-        return super().run(argv, **kw)  # type: ignore[arg-type]
+        return super().run(argv, **kw)
 
     def spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        """A long-lived helper that ends inside when its client is killed: sshd closes the remote command's
-        stdin when the channel goes, but a ``cat`` of the stderr FIFO would read on (and take a chunk of
-        the next reader's bytes). So the helper runs in the background of a watcher that reads stdin, a
-        pipe the kernel holds open, and kills it at end of file."""
+        """A long-lived helper (the stderr reader) that ends inside when its channel closes: sshd closes the
+        remote command's stdin then, but a ``cat`` of the stderr FIFO would read on (and take the next
+        reader's bytes). So it runs under a watcher (``_WATCHED``) that reads stdin, a pipe the kernel holds
+        open, and kills it at end of file."""
         if not self.link.alive():
             raise self.link.down_error("cannot start the stderr reader")
         full = self.pipe_argv(["/bin/sh", "-c", _WATCHED, "lxck-watched", *argv])
@@ -430,6 +431,8 @@ class SshTransport(Transport):
                 proc.stdin.close()
             except OSError:
                 pass
+        if not self.link.alive():
+            return  # nothing travels any more: the caller kills the client
         try:
             proc.wait(1.0)
         except subprocess.TimeoutExpired:

@@ -17,7 +17,7 @@ from ipykernel.kernelbase import Kernel
 from . import __version__, ephemeral, watchdog
 from .assist import Assistant, shell_version
 from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
-from .backends import Backend, NotSupported, check_settings
+from .backends import Backend, check_settings
 from .backends import make as make_backend
 from .budget import DEFAULT_LIMIT, DEFAULT_SPILL_LIMIT, SpillDir, parse_size
 from .cellio import CellIO, restore_echo
@@ -101,20 +101,19 @@ class LXCKernel(Kernel):
         """How the classic backend runs ``lxc-*``: lxcpath, sudo, and the ssh link to another host."""
         if not self.ssh:
             return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo)
-        return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo, remote=self._ssh_link())  # type: ignore[call-arg]
+        return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo, remote=self._ssh_link())
 
     def _ssh_link(self) -> Any:
         """The kernel's one ssh connection (ControlMaster) to the ``ssh`` host, opened on first use and
         closed at shutdown."""
+        from .ssh import SshLink, parse_target
+
         link = getattr(self, "_ssh", None)
-        if link is None or getattr(self, "_ssh_spec", None) != self.ssh:
-            try:
-                from .ssh import SshLink, parse_target  # type: ignore[import-not-found]
-            except ImportError:
-                raise NotSupported("ssh", "this build", "it has no ssh transport (lxc_kernel/ssh.py)") from None
+        spec = (self.ssh, tuple(self.ssh_options))
+        if link is None or getattr(self, "_ssh_spec", None) != spec:
             self._close_ssh()
-            link = SshLink(parse_target(self.ssh))
-            self._ssh, self._ssh_spec = link, self.ssh
+            link = SshLink(parse_target(self.ssh), options=self.ssh_options)
+            self._ssh, self._ssh_spec = link, spec
         if not link.alive():
             link.open()
             if self._watchdog is not None:
@@ -135,11 +134,11 @@ class LXCKernel(Kernel):
         """The container manager (backends/): made from the ``backend``, ``project``, ``lxcpath``, ``sudo``
         and ``ssh`` options, and made again when one of them changes. Raises ConfigError when they don't
         fit together (a project on the classic backend, ssh on Incus...)."""
-        key = (self.backend, self.project, self.lxcpath, self.sudo, self.ssh, self.image)
+        key = (self.backend, self.project, self.lxcpath, self.sudo, self.ssh, tuple(self.ssh_options), self.image)
         if getattr(self, "_lifecycle_key", None) != key:
             settings = {name: getattr(self, name) for name in
-                        ("backend", "project", "ssh", "image", "lxcpath", "sudo", "namespaces", "elevated",
-                         "remount_sys_proc")}
+                        ("backend", "project", "ssh", "ssh_options", "image", "lxcpath", "sudo", "namespaces",
+                         "elevated", "remount_sys_proc")}
             if errors := check_settings(settings):
                 raise ConfigError("the kernel's backend options do not fit together: " + "; ".join(errors))
             self._lifecycle = make_backend(self.backend, tools=self.tools if self.backend == "lxc" else None,

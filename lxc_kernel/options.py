@@ -6,7 +6,6 @@ import argparse
 import enum
 import logging
 import math
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -324,21 +323,18 @@ def _container_name(what: str) -> Validator:
     return run
 
 
-_SSH_RE = re.compile(r"(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,31})@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|"
-                     r"\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
-
-
 def _ssh_target(value: str) -> str:
     """``[USER@]HOST[:PORT]``: never an option to ssh (no leading '-'), nothing a remote shell reads."""
-    m = _SSH_RE.fullmatch(value)
-    if not m or (m["port"] and not 0 < int(m["port"]) < 65536):
-        raise ConfigError(f"invalid ssh target {value!r}: use [USER@]HOST[:PORT]")
-    try:
-        from .ssh import parse_target  # type: ignore[import-not-found]
-    except ImportError:
-        return value
+    from .ssh import parse_target
+
     parse_target(value)
     return value
+
+
+def _ssh_options(value: list[str]) -> list[str]:
+    from .ssh import validate_options
+
+    return list(validate_options(value))
 
 
 def _project(value: str) -> str:
@@ -372,6 +368,12 @@ OPTIONS: tuple[Option, ...] = (
         "needs no LXC",
         _unless_empty(_ssh_target), flag="--ssh", metavar="[USER@]HOST[:PORT]", shown=True, unset="-",
         doc_default="off (this host)",
+    ),
+    Option(
+        "ssh_options", Kind.LIST, [],
+        "`-o` options of the ssh link (`IdentityFile=...`, `UserKnownHostsFile=...`, `ConnectTimeout=5`; only "
+        "harmless ones: nothing that runs a command or forwards anything)",
+        _ssh_options, flag="--ssh-option", metavar="KEY=VALUE", doc_default="none (`~/.ssh/config`)",
     ),
     Option(
         "user", Kind.STR, "",

@@ -353,3 +353,34 @@ def test_completion_offers_the_backends_containers(kernel: Kernel, backend: Back
     assert backend.base in reply["matches"]
     reply = complete(kernel, "%lxc sn")
     assert reply["matches"] == ["snapshot"]
+
+
+# -- classic LXC on another host: the kernel's own --ssh ---------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_the_classic_backend_over_ssh() -> None:
+    """A kernel with ``--ssh``: cells and the read-only ``%lxc`` subcommands run on the namespace host (whose
+    container only its own sshd reaches); what needs this host's files says "... over ssh is not supported
+    by lxc". The container belongs to the ssh test setup, so nothing here changes it."""
+    import sshhost
+
+    if reason := sshhost.missing():
+        pytest.skip(reason)
+    target, name = sshhost.HOSTS["ssh-ns"]
+    k = start_kernel(name, f"--LXCKernel.ssh={target}", *(f"--LXCKernel.ssh_options={o}" for o in sshhost.options()))
+    try:
+        assert ok(k, "hostname").stream().strip() == name
+        assert f"container {name}: RUNNING" in ok(k, "%lxc status").stream()
+        info = ok(k, "%lxc info").stream()
+        assert re.search(r"state\s+RUNNING", info) and re.search(rf"ssh\s+{re.escape(target)}", info)
+        table = "".join(m["content"]["data"]["text/plain"] for m in ok(k, "%lxc list").of_type("display_data"))
+        assert name in table
+        unsupported = [("%lxc config set lxc.start.delay 3", "config set"), ("%lxc log", "log"),
+                       (f"%lxc create {RUN}x", "create"), ("%lxc snapshot --comment c --stop", "snapshot --comment")]
+        for line, what in unsupported:
+            assert f"{what} over ssh is not supported by lxc" in fails(k, line), line
+        assert make("lxc").state(RUN + "x") is State.MISSING
+        assert f"container {name}: RUNNING" in ok(k, "%lxc status").stream()  # --stop never ran
+    finally:
+        k.shutdown()

@@ -258,7 +258,9 @@ def test_each_client_gets_its_own_commands(fake_client: Callable[[str], Path], k
     (["--backend", "lxd", "--container", "web_1"], "Incus and LXD names"),
     (["--backend", "incus", "--container", "web1", "--sudo"], "sudo is not supported by incus"),
     (["--backend", "incus", "--container", "web1", "--image", "a b"], "invalid image"),
-    (["--container", "web1", "--ssh=-oProxyCommand=x"], "invalid ssh target"),
+    (["--container", "web1", "--ssh=-oProxyCommand=x"], "invalid ssh host '-oProxyCommand=x'"),
+    (["--container", "web1", "--ssh", "node2", "--ssh-option", "ProxyCommand=x"], "ProxyCommand is not allowed"),
+    (["--container", "web1", "--ssh-option", "ConnectTimeout=5"], "ssh_options go with ssh"),
     (["--backend", "podman", "--container", "web1"], "is not one of lxc, incus, lxd"),
 ])
 def test_the_install_cli_refuses_options_that_do_not_fit(argv: list[str], message: str) -> None:

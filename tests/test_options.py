@@ -108,7 +108,8 @@ def test_kernelspec_argv_from_every_install_flag_round_trips_into_the_kernel() -
     )
     traits = install.traits_from_args(args)
     # The incus/lxd and ssh flags don't go with a classic local container: test_backend_flags_round_trip has them.
-    flags = {option.name for option in OPTIONS if option.flag} - {"ephemeral", "backend", "project", "image", "ssh"}
+    flags = {option.name for option in OPTIONS if option.flag} - {"ephemeral", "backend", "project", "image", "ssh",
+                                                                   "ssh_options"}
     assert set(traits) == flags, "every install flag was given once"
     spec = install.kernel_spec(display_name="x", traits=traits)
     k = LXCKernel(config=KVArgParseConfigLoader(spec["argv"][5:]).load_config())
@@ -123,7 +124,8 @@ def test_kernelspec_argv_from_every_install_flag_round_trips_into_the_kernel() -
 @pytest.mark.parametrize("argv", [
     ["--backend", "incus", "--container", "r1:web-1", "--project", "p1", "--create-missing", "--image", "lxck-bb"],
     ["--backend", "lxd", "--container", "web-1", "--start-stopped"],
-    ["--container", "c1", "--ssh", "student@host-2.example:2222", "--lxcpath", "/srv/lxc"],
+    ["--container", "c1", "--ssh", "student@host-2.example:2222", "--lxcpath", "/srv/lxc",
+     "--ssh-option", "IdentityFile=/srv/key", "--ssh-option", "ConnectTimeout=5"],
 ])
 def test_backend_flags_round_trip(argv: list[str]) -> None:
     traits = install.traits_from_args(install.build_parser().parse_args(argv))

@@ -59,6 +59,8 @@ def check_settings(settings: dict[str, Any]) -> list[str]:
         except ConfigError as exc:
             errors.append(str(exc))
     if kind == "lxc":
+        if settings.get("ssh_options") and not settings.get("ssh"):
+            errors.append("ssh_options go with ssh")
         for option in ("project", "image"):
             if settings.get(option):
                 errors.append(f"{option} is for the incus and lxd backends")
@@ -69,7 +71,7 @@ def check_settings(settings: dict[str, Any]) -> list[str]:
     except ConfigError as exc:
         errors.append(str(exc))
     # These belong to lxc-* and lxc-attach: refused rather than silently ignored.
-    for option in ("ssh", "lxcpath", "sudo", "namespaces", "elevated", "remount_sys_proc"):
+    for option in ("ssh", "ssh_options", "lxcpath", "sudo", "namespaces", "elevated", "remount_sys_proc"):
         if settings.get(option):
             errors.append(f"{option} is not supported by {kind}" + (
                 " (ssh runs classic LXC on another host; reach an Incus/LXD server as a remote, REMOTE:NAME)"

@@ -201,6 +201,11 @@ class Backend:
     def snapshot(self, name: str, comment: str | None = None) -> str:
         raise self._unsupported("snapshot")
 
+    def check_snapshot_comment(self) -> None:
+        """NotSupported, before anything runs, where snapshots cannot keep a comment."""
+        if not self.snapshot_comments:
+            raise self._unsupported("snapshot --comment")
+
     def snapshots(self, name: str) -> list[Snapshot]:
         raise self._unsupported("snapshot list")
 

@@ -264,9 +264,12 @@ class ClassicBackend(Backend):
         return self._ct(name).clones()
 
     # -- snapshots and copies ---------------------------------------------------------------------------
+    def check_snapshot_comment(self) -> None:
+        self._host_files("snapshot --comment")  # the comment travels in a file on this host
+
     def snapshot(self, name: str, comment: str | None = None) -> str:
         if comment:
-            self._host_files("snapshot --comment")  # the comment travels in a file on this host
+            self.check_snapshot_comment()
         return self._ct(name).snapshot(comment=comment)
 
     def snapshots(self, name: str) -> list[Snapshot]:
@@ -353,7 +356,7 @@ class ClassicBackend(Backend):
         remote = getattr(self.tools, "remote", None)
         if remote is not None:
             # Classic LXC on another host: the same lxc-attach argv, run there over the kernel's ssh link.
-            from ..ssh import SshTransport  # type: ignore[import-not-found]
+            from ..ssh import SshTransport
 
             return SshTransport(remote, options)
         from ..attach import LxcAttachTransport

@@ -89,8 +89,8 @@ def lxc_snapshot(host: Host, ns: argparse.Namespace) -> None:
         backend.delete_snapshot(name, snap)
         say(host, f"deleted snapshot {snap} of {name}")
         return
-    if ns.comment and not backend.snapshot_comments:
-        raise NotSupported("snapshot --comment", backend.name)
+    if ns.comment:
+        backend.check_snapshot_comment()  # before anything is stopped
     was_running = stopped_for(host, name, ns.stop, "snapshot") if backend.snapshot_needs_stop else False
     if not backend.snapshot_needs_stop:
         require_state(host, name)

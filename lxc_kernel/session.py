@@ -182,7 +182,7 @@ class ShellSession:
         """Watch the shell itself with a pidfd, where the host can see it: a shell that exits while an
         ``&`` job still holds the terminal gives no EOF, but its pidfd turns readable at once."""
         assert self._chan is not None
-        self.shell_host_pid = self.transport.shell_host_pid(self._chan)
+        self.shell_host_pid = self.transport.shell_host_pid(self._chan, self.info.pid if self.info else None)
         if self.shell_host_pid:
             try:
                 self._pidfd = os.pidfd_open(self.shell_host_pid)
@@ -436,13 +436,15 @@ class ShellSession:
                 cell.idle_line_seen = 0
             if self._reader_stalled():
                 self._respawn_reader(cell)
-            if self.health_check is not None:
-                try:
+            try:
+                # The transport's own liveness first (a dead cluster member gives no end of file).
+                self.transport.check_alive()
+                if self.health_check is not None:
                     self.health_check()
-                except BaseException:
-                    cell.stop(time.monotonic())  # flush what was read
-                    self.close()
-                    raise
+            except BaseException:
+                cell.stop(time.monotonic())  # flush what was read
+                self.close()
+                raise
         elif act is Act.RESPAWN_STDERR:
             self._respawn_reader(cell)
 

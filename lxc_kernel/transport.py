@@ -167,9 +167,14 @@ class Transport:
         """The environment of the host processes this transport starts."""
         return dict(TOOL_ENV)
 
-    def shell_host_pid(self, channel: PtyChannel) -> int | None:
-        """The shell's PID in the host's /proc, when the host can see it."""
+    def shell_host_pid(self, channel: PtyChannel, shell_pid: int | None = None) -> int | None:
+        """The shell's PID in the host's /proc, when the host can see it. ``shell_pid`` is its ``$$``, the
+        PID inside the target, from the handshake."""
         return None
+
+    def check_alive(self) -> None:
+        """Raise a LxcKernelError when the shell's target is gone without the channel saying so (no end of
+        file). Called while a cell is silent, at each health tick. Most transports get an end of file."""
 
     # -- shared I/O -------------------------------------------------------------------------------
     def open_shell(self, dimensions: tuple[int, int] = (24, 120)) -> PtyChannel:
@@ -235,7 +240,7 @@ class LocalTransport(Transport):
     def pipe_argv(self, argv: Sequence[str]) -> list[str]:
         return list(argv)
 
-    def shell_host_pid(self, channel: PtyChannel) -> int | None:
+    def shell_host_pid(self, channel: PtyChannel, shell_pid: int | None = None) -> int | None:
         return channel.pid
 
 

@@ -1,5 +1,6 @@
 """The session core's behaviour suite, run on every transport: `local` (a real shell under a real PTY on
-this host: no LXC, no root) and `lxc-attach` into the busybox and bash test containers.
+this host: no LXC, no root), `lxc-attach` into the busybox and bash test containers, and `incus exec` into
+busybox and bash instances: local, on a second cluster member, and through a TLS remote.
 
 The same session, cell machine, interrupt/resync, stderr channel and input detection everywhere; a
 transport either passes or the test says why not. Without LXC (or not as root) only the local ones run,
@@ -14,6 +15,7 @@ import shutil
 import time
 from collections.abc import Iterator
 
+import incus_support
 import psutil
 import pytest
 
@@ -31,6 +33,13 @@ pytestmark = pytest.mark.timeout(60)
 def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
     if kind in SHELLS:
         return LocalTransport(SHELLS[kind], **({} if host_pids is None else {"host_pids": host_pids}))
+    if kind in incus_support.TARGETS:
+        transport: Transport = incus_support.transport(kind)
+        if host_pids is not None:
+            if host_pids and not transport.capabilities.host_pids:
+                pytest.skip(f"{kind}: the host cannot see this instance's processes")
+            transport.capabilities = dataclasses.replace(transport.capabilities, host_pids=host_pids)
+        return transport
     from conftest import ensure_test_containers
 
     ensure_test_containers()
@@ -41,6 +50,13 @@ def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
 
 
 KINDS = [k for k in SHELLS if shutil.which(SHELLS[k][0])] + (list(CONTAINERS) if LXC else [])
+KINDS += list(incus_support.TARGETS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _incus_instances() -> Iterator[None]:
+    yield
+    incus_support.cleanup()
 
 
 @pytest.fixture(params=KINDS)
@@ -192,14 +208,24 @@ def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_close_ends_every_process(kind: str) -> None:
-    s = ShellSession(make_transport(kind))
+    transport = make_transport(kind)
+    s = ShellSession(transport)
     s.start()
     s.run("sleep 300 & sleep 301 &", lambda *_: None)
     tree = [p for pid in s.pids for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
-    assert len(tree) >= 4
+    inside = not transport.capabilities.shell_is_descendant
+    if inside:
+        # incus exec: the shell's host parent is the daemon, not the client; check the instance itself.
+        assert len(tree) >= 2 and "sleep 301" in " ".join(incus_support.processes(kind))
+    else:
+        assert len(tree) >= 4
     s.close()
     _, alive = psutil.wait_procs(tree, timeout=3)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    if inside:
+        # Nothing but the instance's init: no shell, no job, no stderr reader.
+        left = [cmd for cmd in incus_support.processes(kind) if cmd != "/sbin/init"]
+        assert not left, left
 
 
 def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -> None:

@@ -1,0 +1,146 @@
+"""The Incus (and LXD) instances the transport tests run in: made on first use, deleted at the end.
+
+`.ci/setup-incus` brings up the daemons (two cluster members, m1 on the default socket and m2 on
+127.0.0.2), the images `lxck-busybox` and `lxck-bash`, and the TLS remote `R` (m1 again, over HTTPS). Without
+them the tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+from lxc_kernel.attach import AttachOptions
+from lxc_kernel.exec_transport import ExecTransport
+
+PREFIX = "lxck-t9i-"
+STATE_DIR = os.environ.get("LXCK_INCUS_STATE", "/var/lib/lxck-incus")
+SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "setup-incus")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way into an instance: which instance (image, member) and how it is reached (remote)."""
+
+    instance: str
+    image: str
+    member: str | None = None  # --target at launch: the cluster member that runs it
+    remote: str | None = None  # reached as REMOTE:NAME
+    client: str = "incus"
+
+
+TARGETS = {
+    "incus-ash": Target(PREFIX + "ash", "lxck-busybox"),
+    "incus-bash": Target(PREFIX + "bash", "lxck-bash"),
+    # On the second member, reached through the first (the default socket is m1's).
+    "incus-m2": Target(PREFIX + "m2", "lxck-bash", member="m2"),
+    # The same cluster over HTTPS: the TLS remote R (https://127.0.0.1:8443).
+    "incus-R": Target(PREFIX + "r", "lxck-busybox", remote="R"),
+}
+
+_made: set[str] = set()
+
+
+def incus(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["incus", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def not_ready_reason() -> str | None:
+    """Why the Incus tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the Incus tests run as root (the non-root path is tested through incus-user separately)"
+    if shutil.which("incus") is None:
+        return "Incus is not installed: run .ci/setup-incus"
+    try:
+        res = incus("query", "/1.0/cluster/members", timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return "the Incus daemon does not answer: run .ci/setup-incus"
+    if res.returncode != 0:
+        return f"the Incus daemon is not set up ({res.stderr.strip()}): run .ci/setup-incus"
+    if len(json.loads(res.stdout or "[]")) < 2:
+        return "the Incus cluster has no second member: run .ci/setup-incus"
+    return None
+
+
+_REASON: list[str | None] = []
+
+
+def require_incus() -> None:
+    if not _REASON:
+        _REASON.append(not_ready_reason())
+    if _REASON[0]:
+        pytest.skip(_REASON[0])
+
+
+def state(instance: str) -> str:
+    res = incus("query", f"/1.0/instances/{instance}/state", check=False, timeout=30)
+    return json.loads(res.stdout)["status"] if res.returncode == 0 else "missing"
+
+
+def ensure(target: Target) -> None:
+    """The instance exists and runs (made from its image on first use)."""
+    current = state(target.instance)
+    if current == "missing":
+        args = ["launch", target.image, target.instance, *(["--target", target.member] if target.member else [])]
+        incus(*args)
+    elif current == "Frozen":
+        incus("resume", target.instance)
+    elif current != "Running":
+        incus("start", target.instance)
+    _made.add(target.instance)
+
+
+def transport(kind: str, **options: object) -> ExecTransport:
+    require_incus()
+    target = TARGETS[kind]
+    ensure(target)
+    return ExecTransport(AttachOptions(target.instance, **options), client=target.client,  # type: ignore[arg-type]
+                         remote=target.remote)
+
+
+def launch(name: str, image: str = "lxck-busybox", member: str | None = None) -> str:
+    """A fresh instance for a test that damages it; delete it with :func:`delete`."""
+    require_incus()
+    assert name.startswith(PREFIX)
+    delete(name)
+    incus("launch", image, name, *(["--target", member] if member else []))
+    return name
+
+
+def delete(name: str) -> None:
+    assert name.startswith(PREFIX)
+    if state(name) == "Frozen":
+        incus("resume", name, check=False)
+    incus("delete", "--force", name, check=False)
+
+
+def cleanup() -> None:
+    """Delete every instance this run made."""
+    for name in sorted(_made):
+        delete(name)
+    _made.clear()
+
+
+def processes(kind_or_name: str) -> list[str]:
+    """Command lines of the processes in an instance (read inside, from its /proc)."""
+    name = TARGETS[kind_or_name].instance if kind_or_name in TARGETS else kind_or_name
+    res = incus("exec", name, "-T", "--", "/bin/sh", "-c",
+                'for f in /proc/[0-9]*/cmdline; do [ "${f%/cmdline}" = /proc/$$ ] || '
+                '{ tr "\\0" " " < "$f"; echo; }; done 2>/dev/null', timeout=30)
+    return [line.strip() for line in res.stdout.splitlines() if line.strip()]
+
+
+def recorded_pid(daemon: str) -> int:
+    """The PID .ci/setup-incus recorded for a daemon it started (m1, m2, user)."""
+    with open(os.path.join(STATE_DIR, f"{daemon}.pid")) as fh:
+        return int(fh.read().strip())
+
+
+def restart_daemons() -> None:
+    """Start again whatever daemon a fault test killed (the setup is idempotent)."""
+    subprocess.run([SETUP, "up"], check=True, capture_output=True, timeout=300)

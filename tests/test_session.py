@@ -193,6 +193,9 @@ def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
     """Where the host cannot see the shell (ssh, sudo), the same detection runs inside the container."""
     s = ShellSession(make_transport(kind, host_pids))
     s.start()
+    if host_pids and not s.shell_host_pid:
+        s.close()
+        pytest.skip(f"{kind}: the shell runs on another cluster member, whose processes the host cannot see")
     try:
         hooks = Prompts(s)
         out: list[str] = []
@@ -224,7 +227,7 @@ def test_close_ends_every_process(kind: str) -> None:
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     if inside:
         # Nothing but the instance's init: no shell, no job, no stderr reader.
-        left = [cmd for cmd in incus_support.processes(kind) if cmd != "/sbin/init"]
+        left = [cmd for cmd in incus_support.processes(kind) if cmd not in ("init", "/sbin/init")]
         assert not left, left
 
 

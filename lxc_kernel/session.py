@@ -28,6 +28,7 @@ from .cellrun import Act, Action, CellRun, Phase, RunResult, Timing
 from .errors import LxcKernelError, ShellExited, ShellTimeout
 from .output import Sink
 from .protocol import (
+    MAX_TYPED_LINE,
     SWEEP_STALE_DIRS,
     CellParser,
     Handshake,
@@ -649,6 +650,10 @@ class ShellSession:
         past ``limit`` is dropped; the shell is still read to the marker, so it stays in step."""
         chan = self._chan
         assert chan is not None
+        if len(line) > MAX_TYPED_LINE:
+            # A shell in canonical mode would wait forever for the end of this line: refuse it.
+            raise LxcKernelError(f"a line of {len(line)} bytes cannot be typed into the shell (the terminal "
+                                 f"takes at most {MAX_TYPED_LINE} with its newline): {line[:80]!r}...")
         parser = CellParser(token + self._secret if secret else token)
         out: list[bytes] = []
         size = 0

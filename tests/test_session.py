@@ -240,3 +240,17 @@ def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -
         session.query("trap '' INT; sleep 3", timeout=0.3)
     assert session.alive
     assert run(session, "echo $kept")[1] == "yes\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_overlong_typed_line_fails_at_once(kind: str) -> None:
+    """busybox ash (after `stty -echo`) waited forever for a typed line over 4095 bytes, on lxc-attach and
+    incus exec alike: a setup line that long is refused before it is typed, and the shell is closed."""
+    from lxc_kernel.errors import LxcKernelError
+
+    s = ShellSession(make_transport(kind), setup=["x=" + "y" * 5000])
+    started = time.monotonic()
+    with pytest.raises(LxcKernelError, match="cannot be typed"):
+        s.start()
+    assert time.monotonic() - started < 8
+    assert not s.alive

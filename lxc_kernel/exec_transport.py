@@ -29,6 +29,7 @@ and LXD 5.0.2, busybox ash and bash):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -149,7 +150,8 @@ class ExecTransport(Transport):
         self.name = "incus" if client == "incus" else "lxd"
         # The host sees the processes of a local daemon's instances, and reads their syscall and fd files
         # only as root. Narrowed when the shell starts (another member, another daemon).
-        self.capabilities = Capabilities(host_pids=remote is None and os.geteuid() == 0, shell_is_descendant=False)
+        self.capabilities = Capabilities(host_pids=remote is None and os.geteuid() == 0, shell_is_descendant=False,
+                                         eof_on_death=False)
         self._where: _Where | None = None
         self._last_state = 0.0
         self._unreachable = False
@@ -241,7 +243,7 @@ class ExecTransport(Transport):
         found = find_host_pid(shell_pid, self._lxc_name(), self._local_lxcpath())
         if found is None:
             # On another cluster member or daemon: the host does not see this shell.
-            self.capabilities = Capabilities(host_pids=False, shell_is_descendant=False)
+            self.capabilities = dataclasses.replace(self.capabilities, host_pids=False)
         return found
 
     def _lxc_name(self) -> str:

@@ -340,7 +340,7 @@ class ShellSession:
         cell = CellRun(
             line, token + self._secret, sink, time.monotonic(), err_token=err_token,
             sync_line=lambda: frame_sync(token, err_token), timing=timing, keep_colors=self.keep_colors,
-            health=self.health_check is not None,
+            health=self.health_check is not None or not self.transport.capabilities.eof_on_death,
         )
         with self._busy:
             if self._chan is None:

@@ -41,6 +41,9 @@ class Capabilities:
     host_pids: bool = True
     # The PTY shell is a child (or the child of a child) of the process the transport spawned.
     shell_is_descendant: bool = True
+    # The channel reaches end of file when the target dies. Where it may not (a dead cluster member),
+    # the session consults ``Transport.check_alive`` at every health tick of a silent cell.
+    eof_on_death: bool = True
 
 
 class PtyChannel:

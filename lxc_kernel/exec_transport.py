@@ -169,10 +169,12 @@ class ExecTransport(Transport):
     def _base(self, *args: str) -> list[str]:
         return [self.client, *args, *(["--project", self.project] if self.project else [])]
 
-    def _exec_argv(self, mode: str, command: Sequence[str], extra_env: Sequence[str] = ()) -> list[str]:
+    def exec_argv(self, command: Sequence[str], *, tty: bool, extra_env: Sequence[str] = ()) -> list[str]:
+        """``CLIENT exec TARGET -t|-T [--user --group] --env ... -- COMMAND``: the options' user and curated
+        environment, minus the ``env`` values (see :meth:`open_shell`)."""
         opts = self.options
         argv = self._base("exec", self.target)
-        argv.append(mode)
+        argv.append("-t" if tty else "-T")
         if opts.uid is not None or opts.gid is not None:
             # --user alone keeps gid 0 (measured, Incus 6.0): always pass both.
             uid = opts.uid if opts.uid is not None else 0
@@ -192,13 +194,13 @@ class ExecTransport(Transport):
         command = [self.options.shell] if self.options.shell else list(AUTO_SHELL)
         if env_file is not None:
             command = ["/bin/sh", "-c", _ENV_FILE_SOURCE, "lxck-env", env_file, *command]
-        argv = self._exec_argv("-t", command, [f"LXCK_SESSION={marker}"])
+        argv = self.exec_argv(command, tty=True, extra_env=[f"LXCK_SESSION={marker}"])
         if self.options.cwd:
             argv[argv.index("--"):argv.index("--")] = ["--cwd", self.options.cwd]
         return argv
 
     def pipe_argv(self, argv: Sequence[str]) -> list[str]:
-        return self._exec_argv("-T", argv)
+        return self.exec_argv(argv, tty=False)
 
     def spawn_env(self) -> dict[str, str]:
         """The client's environment: the tools' PATH and its own configuration, nothing of the kernel's."""

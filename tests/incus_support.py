@@ -42,16 +42,31 @@ TARGETS = {
     "incus-m2": Target(PREFIX + "m2", "lxck-bash", member="m2"),
     # The same cluster over HTTPS: the TLS remote R (https://127.0.0.1:8443).
     "incus-R": Target(PREFIX + "r", "lxck-busybox", remote="R"),
+    # LXD 5.0.2 beside Incus (.ci/setup-lxd), through its client `lxc`.
+    "lxd": Target(PREFIX + "lxd", "lxck-bash", client="lxc"),
 }
 
-_made: set[str] = set()
+_made: set[tuple[str, str]] = set()
 
 
-def incus(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(["incus", *args], capture_output=True, text=True, timeout=timeout)
+def incus(*args: str, timeout: float = 120, check: bool = True,
+          client: str = "incus") -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([client, *args], capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
-        raise AssertionError(f"incus {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+        raise AssertionError(f"{client} {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
     return res
+
+
+def lxd_not_ready_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the LXD tests run as root"
+    if shutil.which("lxd") is None or shutil.which("lxc") is None:
+        return "LXD is not installed: run .ci/setup-lxd (after .ci/setup-incus)"
+    try:
+        res = incus("image", "info", "lxck-busybox", client="lxc", timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return "the LXD daemon does not answer: run .ci/setup-lxd"
+    return None if res.returncode == 0 else f"LXD is not set up ({res.stderr.strip()}): run .ci/setup-lxd"
 
 
 def not_ready_reason() -> str | None:
@@ -71,37 +86,39 @@ def not_ready_reason() -> str | None:
     return None
 
 
-_REASON: list[str | None] = []
+_REASON: dict[str, str | None] = {}
 
 
-def require_incus() -> None:
-    if not _REASON:
-        _REASON.append(not_ready_reason())
-    if _REASON[0]:
-        pytest.skip(_REASON[0])
+def require_incus(client: str = "incus") -> None:
+    if client not in _REASON:
+        _REASON[client] = not_ready_reason() if client == "incus" else lxd_not_ready_reason()
+    if _REASON[client]:
+        pytest.skip(_REASON[client])
 
 
-def state(instance: str) -> str:
-    res = incus("query", f"/1.0/instances/{instance}/state", check=False, timeout=30)
+def state(instance: str, client: str = "incus") -> str:
+    res = incus("query", f"/1.0/instances/{instance}/state", check=False, timeout=30, client=client)
     return json.loads(res.stdout)["status"] if res.returncode == 0 else "missing"
 
 
 def ensure(target: Target) -> None:
     """The instance exists and runs (made from its image on first use)."""
-    current = state(target.instance)
+    client = target.client
+    current = state(target.instance, client)
     if current == "missing":
         args = ["launch", target.image, target.instance, *(["--target", target.member] if target.member else [])]
-        incus(*args)
+        incus(*args, client=client)
     elif current == "Frozen":
-        incus("resume", target.instance)
+        # LXD resumes with `start` (it has no `resume`).
+        incus("resume" if client == "incus" else "start", target.instance, client=client)
     elif current != "Running":
-        incus("start", target.instance)
-    _made.add(target.instance)
+        incus("start", target.instance, client=client)
+    _made.add((client, target.instance))
 
 
 def transport(kind: str, **options: object) -> ExecTransport:
-    require_incus()
     target = TARGETS[kind]
+    require_incus(target.client)
     ensure(target)
     return ExecTransport(AttachOptions(target.instance, **options), client=target.client,  # type: ignore[arg-type]
                          remote=target.remote)
@@ -127,26 +144,27 @@ def launch(name: str, image: str = "lxck-busybox", member: str | None = None) ->
     return name
 
 
-def delete(name: str) -> None:
+def delete(name: str, client: str = "incus") -> None:
     assert name.startswith(PREFIX)
-    if state(name) == "Frozen":
-        incus("resume", name, check=False)
-    incus("delete", "--force", name, check=False)
+    if state(name, client) == "Frozen":
+        incus("resume" if client == "incus" else "start", name, check=False, client=client)
+    incus("delete", "--force", name, check=False, client=client)
 
 
 def cleanup() -> None:
     """Delete every instance this run made."""
-    for name in sorted(_made):
-        delete(name)
+    for client, name in sorted(_made):
+        delete(name, client)
     _made.clear()
 
 
 def processes(kind_or_name: str) -> list[str]:
     """Command lines of the processes in an instance (read inside, from its /proc)."""
-    name = TARGETS[kind_or_name].instance if kind_or_name in TARGETS else kind_or_name
+    target = TARGETS.get(kind_or_name)
+    name, client = (target.instance, target.client) if target else (kind_or_name, "incus")
     res = incus("exec", name, "-T", "--", "/bin/sh", "-c",
                 'for f in /proc/[0-9]*/cmdline; do [ "${f%/cmdline}" = /proc/$$ ] || '
-                '{ tr "\\0" " " < "$f"; echo; }; done 2>/dev/null', timeout=30)
+                '{ tr "\\0" " " < "$f"; echo; }; done 2>/dev/null', timeout=30, client=client)
     return [line.strip() for line in res.stdout.splitlines() if line.strip()]
 
 

@@ -124,22 +124,22 @@ def transport(kind: str, **options: object) -> ExecTransport:
                          remote=target.remote)
 
 
-def launch(name: str, image: str = "lxck-busybox", member: str | None = None) -> str:
+def launch(name: str, image: str = "lxck-busybox", member: str | None = None, client: str = "incus") -> str:
     """A fresh instance for a test that damages it; delete it with :func:`delete`."""
-    require_incus()
+    require_incus(client)
     assert name.startswith(PREFIX)
-    delete(name)
+    delete(name, client)
     args = ["launch", image, name, *(["--target", member] if member else [])]
     deadline = time.monotonic() + 60
     while True:
-        res = incus(*args, check=False)
+        res = incus(*args, check=False, client=client)
         # A member restarted by the previous test fails launches for a few seconds after it answers
         # ("Server isn't ready yet", or even a client panic on the missing event connection, Incus 6.0.4),
         # and a failed launch may leave a record behind: delete it and try again.
         if res.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(1)
-        delete(name)
+        delete(name, client)
     assert res.returncode == 0, f"incus {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}"
     return name
 
@@ -158,10 +158,10 @@ def cleanup() -> None:
     _made.clear()
 
 
-def processes(kind_or_name: str) -> list[str]:
+def processes(kind_or_name: str, client: str = "incus") -> list[str]:
     """Command lines of the processes in an instance (read inside, from its /proc)."""
     target = TARGETS.get(kind_or_name)
-    name, client = (target.instance, target.client) if target else (kind_or_name, "incus")
+    name, client = (target.instance, target.client) if target else (kind_or_name, client)
     res = incus("exec", name, "-T", "--", "/bin/sh", "-c",
                 'for f in /proc/[0-9]*/cmdline; do [ "${f%/cmdline}" = /proc/$$ ] || '
                 '{ tr "\\0" " " < "$f"; echo; }; done 2>/dev/null', timeout=30, client=client)

@@ -1,6 +1,6 @@
-"""Failures under the incus exec transport, on real instances and daemons: the instance stopped, frozen or
-deleted mid-cell, the daemon killed, the cluster member hosting the instance killed, and shutdown leaving
-nothing behind (no client on the host, no job in the instance, checked inside).
+"""Failures under the exec transport (Incus, and LXD for the instance faults), on real instances and daemons:
+the instance stopped, frozen or deleted mid-cell, the daemon killed, the cluster member hosting the instance
+killed, and shutdown leaving nothing behind (no client on the host, no job in the instance, checked inside).
 
 Only the second member (m2) is ever killed, never m1 on the default socket that other users of the machine
 talk to; "the local daemon" is m2 reached through its own socket (INCUS_DIR). Every killed daemon is
@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import incus_support
 import psutil
@@ -28,18 +29,37 @@ from lxc_kernel.session import ShellSession
 pytestmark = pytest.mark.timeout(180)
 
 M2_DIR = os.environ.get("LXCK_INCUS_M2_DIR", "/var/lib/lxck-incus-m2")
-IMAGES = {"ash": "lxck-busybox", "bash": "lxck-bash"}
+# kind: (client, image)
+KINDS = {"incus-ash": ("incus", "lxck-busybox"), "incus-bash": ("incus", "lxck-bash"), "lxd-bash": ("lxc", "lxck-bash")}
 
 
-@pytest.fixture(params=list(IMAGES))
-def instance(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = incus_support.launch(f"{incus_support.PREFIX}f-{request.param}", IMAGES[request.param])
-    yield name
-    incus_support.delete(name)
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    client: str = "incus"
+
+    def cli(self, *args: str) -> None:
+        incus(*args, client=self.client)
+
+    def resume(self) -> None:
+        # LXD resumes a frozen instance with `start`.
+        incus("resume" if self.client == "incus" else "start", self.name, client=self.client, check=False)
+
+    def processes(self) -> list[str]:
+        return incus_support.processes(self.name, self.client)
 
 
-def start(name: str, **kw: object) -> ShellSession:
-    s = ShellSession(ExecTransport(AttachOptions(name)), **kw)  # type: ignore[arg-type]
+@pytest.fixture(params=list(KINDS))
+def instance(request: pytest.FixtureRequest) -> Iterator[Instance]:
+    client, image = KINDS[request.param]
+    name = incus_support.launch(f"{incus_support.PREFIX}f-{request.param}", image, client=client)
+    yield Instance(name, client)
+    incus_support.delete(name, client)
+
+
+def start(target: str | Instance, **kw: object) -> ShellSession:
+    inst = target if isinstance(target, Instance) else Instance(target)
+    s = ShellSession(ExecTransport(AttachOptions(inst.name), client=inst.client), **kw)  # type: ignore[arg-type]
     s.start()
     return s
 
@@ -68,7 +88,7 @@ def run_during(s: ShellSession, code: str, action: Callable[[], None], delay: fl
     return error, ended - at[0] if at else -1.0, "".join(out)
 
 
-def assert_nothing_left(s: ShellSession, host_pids: list[int], name: str | None) -> None:
+def assert_nothing_left(s: ShellSession, host_pids: list[int], inst: Instance | None) -> None:
     """No process the session started on the host, and (when the instance still runs) none inside."""
     gone = []
     for pid in host_pids:
@@ -79,61 +99,65 @@ def assert_nothing_left(s: ShellSession, host_pids: list[int], name: str | None)
             gone.append(True)
     assert all(gone), [p for p, g in zip(host_pids, gone, strict=False) if not g]
     assert not s.alive
-    if name is not None:
-        left = [cmd for cmd in incus_support.processes(name) if cmd not in ("init", "/sbin/init")]
+    if inst is not None:
+        left = [cmd for cmd in inst.processes() if cmd not in ("init", "/sbin/init")]
         assert not left, left
 
 
-def test_instance_stopped_mid_cell(instance: str) -> None:
+def test_instance_stopped_mid_cell(instance: Instance) -> None:
     s = start(instance)
     pids = s.pids
-    error, after, out = run_during(s, "echo before; sleep 30", lambda: incus("stop", "--force", instance))
+    error, after, out = run_during(s, "echo before; sleep 30", lambda: instance.cli("stop", "--force", instance.name))
     assert isinstance(error, ShellExited), error
     assert "before" in out and after < 10
     assert_nothing_left(s, pids, None)
 
 
-def test_instance_deleted_mid_cell(instance: str) -> None:
+def test_instance_deleted_mid_cell(instance: Instance) -> None:
     s = start(instance)
     pids = s.pids
-    error, after, _ = run_during(s, "sleep 30", lambda: incus("delete", "--force", instance))
+    error, after, _ = run_during(s, "sleep 30", lambda: instance.cli("delete", "--force", instance.name))
     assert isinstance(error, (ShellExited, ContainerNotReady)), error
     assert after < 10
     assert_nothing_left(s, pids, None)
 
 
-def test_instance_frozen_mid_cell(instance: str) -> None:
+def test_instance_frozen_mid_cell(instance: Instance) -> None:
     """A frozen instance says nothing and gives no end of file: the transport's state query ends the cell."""
     s = start(instance)
     pids = s.pids
     try:
-        error, after, _ = run_during(s, "sleep 30", lambda: incus("pause", instance))
+        error, after, _ = run_during(s, "sleep 30", lambda: instance.cli("pause", instance.name))
         assert isinstance(error, ContainerNotReady) and "frozen" in str(error), error
         assert after < 10
     finally:
-        incus("resume", instance, check=False)
-    # After the resume the shell's session is killed from inside (it could not be while frozen)...
+        instance.resume()
+    assert_nothing_left(s, pids, None)
+    # Once resumed, the old shell is gone (the daemon ends an exec whose client left) and a new one works.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and [c for c in instance.processes() if c not in ("init", "/sbin/init")]:
+        time.sleep(0.2)
+    assert_nothing_left(s, [], instance)
     s2 = start(instance)
     try:
         assert s2.run("echo alive", lambda *_: None).status == 0
     finally:
         s2.close()
-    assert_nothing_left(s, pids, None)
 
 
-def test_shutdown_leaves_nothing(instance: str) -> None:
+def test_shutdown_leaves_nothing(instance: Instance) -> None:
     """Jobs that ignore SIGHUP, or sit in another process group, are killed inside at close: SIGKILL of
     the client would leave them running, and they are not the client's host descendants."""
     s = start(instance)
     s.run("sleep 300 & (trap '' HUP; exec sleep 301) & (sleep 302 &) ; echo started", lambda *_: None)
-    inside = " ".join(incus_support.processes(instance))
+    inside = " ".join(instance.processes())
     assert "sleep 301" in inside and "sleep 302" in inside
     pids = s.pids
     s.close()
     assert_nothing_left(s, pids, instance)
 
 
-def test_shutdown_with_the_client_gone_leaves_nothing(instance: str) -> None:
+def test_shutdown_with_the_client_gone_leaves_nothing(instance: Instance) -> None:
     """The client killed first (as an OOM killer would): the jobs are still ended from inside."""
     s = start(instance)
     s.run("sleep 300 &", lambda *_: None)

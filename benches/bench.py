@@ -911,9 +911,10 @@ def bench_lifecycle(args: argparse.Namespace, reps: int) -> dict[str, Any]:
 BENCH_INSTANCE = "lxck-t9i-bench"
 TRANSPORTS = {
     # name: (client, image, cluster member to launch on, remote to reach it through)
-    "incus": ("incus", "lxck-bash", None, None),
+    # Placed explicitly: without --target the cluster picks a member itself.
+    "incus": ("incus", "lxck-bash", "m1", None),
     "incus-cluster": ("incus", "lxck-bash", "m2", None),  # runs on m2, reached through m1's socket
-    "incus-remote": ("incus", "lxck-bash", None, "R"),  # the TLS remote R (https://127.0.0.1:8443)
+    "incus-remote": ("incus", "lxck-bash", "m1", "R"),  # the TLS remote R (https://127.0.0.1:8443)
     "lxd": ("lxc", "lxck-bash", None, None),
 }
 
@@ -927,7 +928,7 @@ def _make_transport(name: str, container: str) -> tuple[Any, Callable[[], None]]
     from lxc_kernel.exec_transport import ExecTransport
 
     client, image, member, remote = TRANSPORTS[name]
-    instance = BENCH_INSTANCE + ("-m2" if member else "")
+    instance = BENCH_INSTANCE + ("-m2" if member == "m2" else "")
     run_quiet([client, "delete", "--force", instance], timeout=120)
     made = run_quiet([client, "launch", image, instance, *(["--target", member] if member else [])], timeout=120)
     if made.returncode != 0:

@@ -16,9 +16,10 @@ and LXD 5.0.2, busybox ash and bash):
   process of the shell's session (``NSsid`` in ``/proc/PID/status`` equal to the shell's PID).
 * **Liveness.** Killing the cluster member that hosts the instance gives a session through another member
   no end of file, ever, and a state query through the surviving member answers only after 10 s ("Missing
-  event connection with target cluster member"). :meth:`ExecTransport.check_alive`, called by the session
-  while a cell is silent, probes the hosting member's address (a TCP connect: refused at once when its
-  daemon is gone) and, at most every few seconds, the instance's state (frozen, stopped, deleted).
+  event connection with target cluster member"), while the instance *list* says ``Error`` for it at once.
+  :meth:`ExecTransport.check_alive`, called by the session at each health tick of a silent cell, probes the
+  hosting member's address (a TCP connect: refused at once when its daemon is gone) and, at most every 3 s,
+  reads the instance's status from the list (error, frozen, stopped, deleted).
 * **Process visibility.** A local daemon's instances are unprivileged containers whose processes the host
   sees; ``NSpid`` in ``/proc/PID/status`` maps the shell's ``$$`` to its host PID, and its host parent,
   ``incusd forkexec NAME LXCPATH ...``, says which instance and daemon it belongs to. On another member or
@@ -154,6 +155,7 @@ class ExecTransport(Transport):
                                          eof_on_death=False)
         self._where: _Where | None = None
         self._last_state = 0.0
+        self._slow = 0  # state queries in a row that got no answer in time
         self._unreachable = False
 
     # -- argv ------------------------------------------------------------------------------------
@@ -274,74 +276,101 @@ class ExecTransport(Transport):
     def check_alive(self) -> None:
         """Raise ContainerNotReady when the instance cannot be running the shell any more: its cluster
         member does not answer, or it is frozen, stopped or gone. Called while a cell is silent."""
-        name = self.target
         where = self._where
-        if where is None:
-            where = self._where = self._locate()
-        if where.address is not None and not _reachable(where.address):
+        if where is not None and where.address is not None and not _reachable(where.address):
             self._unreachable = True
-            raise ContainerNotReady(name, "unreachable", f"cluster member {where.location!r} "
-                                    f"({where.address[0]}:{where.address[1]}), which runs it, does not answer. "
-                                    "The shell's state is lost; run the cell again once the member is back.")
+            raise ContainerNotReady(self.target, "unreachable", self._member_advice(where))
         now = time.monotonic()
         if now - self._last_state < STATE_EVERY:
             return
         self._last_state = now
-        status = self._state()
-        if status is None or status == "Running":
+        status, location = self._status()
+        if status is None:
+            # The daemon did not answer in time: slow is not dead, unless it stays so.
+            self._slow += 1
+            if self._slow < 2:
+                return
+            self._unreachable = True
+            raise ContainerNotReady(self.target, "unreachable", f"{self.client} did not answer a state query "
+                                    f"twice in {STATE_TIMEOUT:g} s; the shell cannot be reached")
+        self._slow = 0
+        if where is None:
+            self._where = where = self._locate(location)
+        if status == "Running":
             return
-        advice = {"Frozen": f"resume it (`{self.client} {'resume' if self.client == 'incus' else 'start'} {name}`)",
-                  "Stopped": f"start it (`{self.client} start {name}`)"}.get(status, "")
-        raise ContainerNotReady(name, status.lower(), advice or "the shell cannot run in it")
+        if status == "Error":
+            # What the instance list says for an instance whose member is gone (at once, where a state query
+            # through the surviving member takes 10 s to fail).
+            self._unreachable = True
+            raise ContainerNotReady(self.target, "unreachable", self._member_advice(where))
+        if status == "missing":
+            raise ContainerNotReady(self.target, "gone", "it was deleted; the shell's state is lost")
+        resume = "resume" if self.client == "incus" else "start"  # LXD resumes a frozen instance with start
+        advice = {"Frozen": f"resume it (`{self.client} {resume} {self.target}`)",
+                  "Stopped": f"start it (`{self.client} start {self.target}`)"}.get(status, "")
+        raise ContainerNotReady(self.target, status.lower(), advice or "the shell cannot run in it")
 
-    def _state(self) -> str | None:
-        """The instance's status (``Running``, ``Frozen``...), ``missing``, or None when the daemon did not
-        say in time (slow is not dead: the TCP probe decides that)."""
-        path = f"/1.0/instances/{self.options.container}/state"
+    @staticmethod
+    def _member_advice(where: _Where) -> str:
+        at = f" ({where.address[0]}:{where.address[1]})" if where.address else ""
+        member = f"cluster member {where.location!r}{at}, which runs it," if where.location else "its daemon"
+        return f"{member} does not answer. The shell's state is lost; run the cell again once it is back."
+
+    def _status(self) -> tuple[str | None, str]:
+        """The instance's status (``Running``, ``Frozen``, ``Error``..., or ``missing``) and location, from
+        the instance list, which the daemon answers from its database at once even when the member that
+        runs the instance is dead. None when the daemon did not answer in time."""
+        name = self.options.container
+        path = f"/1.0/instances?recursion=1&filter=name+eq+{name}"
         try:
-            result = run_bounded(self._query_argv(path), timeout=STATE_TIMEOUT, stdout_limit=1 << 20,
+            result = run_bounded(self._query_argv(path), timeout=STATE_TIMEOUT, stdout_limit=16 << 20,
                                  env=self.spawn_env(), what="the instance's state")
         except (HelperTimeout, OutputTooLarge):
-            return None
+            return None, ""
         if result.returncode != 0:
             said = result.stderr.decode("utf-8", "replace").strip()
-            if "not found" in said.lower():
-                return "missing"
             self._unreachable = True
             raise ContainerNotReady(self.target, "unreachable", f"{self.client} says: {said or 'no answer'}")
         try:
-            return str(json.loads(result.stdout)["status"])
-        except (ValueError, KeyError, TypeError):
-            return None
+            listing = json.loads(result.stdout)
+        except ValueError:
+            return None, ""
+        # Filtering is an API extension: without it the whole list comes back, so match the name here.
+        for inst in listing if isinstance(listing, list) else []:
+            if isinstance(inst, dict) and inst.get("name") == name:
+                return str(inst.get("status", "")), str(inst.get("location", "") or "")
+        return "missing", ""
 
     def _query_argv(self, path: str) -> list[str]:
-        if self.project:
-            path += f"?project={self.project}"
+        project = self.project or self._user_project()
+        if project:
+            path += ("&" if "?" in path else "?") + f"project={project}"
         return [self.client, "query", f"{self.remote}:{path}" if self.remote else path]
 
-    def _query(self, path: str) -> object:
-        result = run_bounded(self._query_argv(path), timeout=STATE_TIMEOUT, stdout_limit=1 << 20,
-                             env=self.spawn_env(), what=f"{self.client} query {path}")
-        if result.returncode != 0:
+    def _user_project(self) -> str | None:
+        """The project the client picks by itself for a user served by incus-user: ``user-UID`` when the
+        root socket is not writable and the user socket is there. `exec` and `list` add it; `query` does
+        not (measured, Incus 6.0.4: "User does not have permissions for project default")."""
+        if self.remote is not None or self.client != "incus":
             return None
-        try:
-            return json.loads(result.stdout)
-        except ValueError:
+        var_dir = os.environ.get("INCUS_DIR") or CLIENTS["incus"][2]
+        root_socket = os.environ.get("INCUS_SOCKET") or os.path.join(var_dir, "unix.socket")
+        if os.access(root_socket, os.W_OK) or not os.path.exists(os.path.join(var_dir, "unix.socket.user")):
             return None
+        return f"user-{os.getuid()}"
 
-    def _locate(self) -> _Where:
-        """Which cluster member runs the instance and its address, if the daemon is clustered and the
+    def _locate(self, location: str) -> _Where:
+        """The address of the cluster member that runs the instance, if the daemon is clustered and that
         address answers now (a kernel host that cannot reach members directly then skips the probe)."""
-        try:
-            inst = self._query(f"/1.0/instances/{self.options.container}")
-            location = str(inst.get("location", "")) if isinstance(inst, dict) else ""
-            if not location or location == "none":
-                return _Where()
-            member = self._query(f"/1.0/cluster/members/{location}")
-        except LxcKernelError:
+        if not location or location == "none":
             return _Where()
-        url = member.get("url", "") if isinstance(member, dict) else ""
-        parts = urlsplit(str(url))
+        try:
+            result = run_bounded(self._query_argv(f"/1.0/cluster/members/{location}"), timeout=STATE_TIMEOUT,
+                                 stdout_limit=1 << 20, env=self.spawn_env(), what="the cluster member")
+            member = json.loads(result.stdout) if result.returncode == 0 else None
+        except (LxcKernelError, ValueError):
+            return _Where(location)
+        parts = urlsplit(str(member.get("url", "")) if isinstance(member, dict) else "")
         if not parts.hostname:
             return _Where(location)
         address = (parts.hostname, parts.port or 8443)

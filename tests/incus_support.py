@@ -35,13 +35,15 @@ class Target:
     client: str = "incus"
 
 
+# Every Incus instance is placed explicitly: without --target the cluster picks a member itself (it put
+# "local" instances on m2 as often as not).
 TARGETS = {
-    "incus-ash": Target(PREFIX + "ash", "lxck-busybox"),
-    "incus-bash": Target(PREFIX + "bash", "lxck-bash"),
+    "incus-ash": Target(PREFIX + "ash", "lxck-busybox", member="m1"),
+    "incus-bash": Target(PREFIX + "bash", "lxck-bash", member="m1"),
     # On the second member, reached through the first (the default socket is m1's).
     "incus-m2": Target(PREFIX + "m2", "lxck-bash", member="m2"),
     # The same cluster over HTTPS: the TLS remote R (https://127.0.0.1:8443).
-    "incus-R": Target(PREFIX + "r", "lxck-busybox", remote="R"),
+    "incus-R": Target(PREFIX + "r", "lxck-busybox", member="m1", remote="R"),
     # LXD 5.0.2 beside Incus (.ci/setup-lxd), through its client `lxc`.
     "lxd": Target(PREFIX + "lxd", "lxck-bash", client="lxc"),
 }
@@ -125,8 +127,11 @@ def transport(kind: str, **options: object) -> ExecTransport:
 
 
 def launch(name: str, image: str = "lxck-busybox", member: str | None = None, client: str = "incus") -> str:
-    """A fresh instance for a test that damages it; delete it with :func:`delete`."""
+    """A fresh instance for a test that damages it (on m1 unless ``member`` says otherwise; LXD has no
+    cluster here); delete it with :func:`delete`."""
     require_incus(client)
+    if client == "incus" and member is None:
+        member = "m1"
     assert name.startswith(PREFIX)
     delete(name, client)
     args = ["launch", image, name, *(["--target", member] if member else [])]

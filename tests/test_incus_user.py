@@ -34,6 +34,9 @@ s = ShellSession(t, setup=["cd"])
 info = s.start()
 out = []
 r = s.run("echo $((6*7)) $TOKEN; echo err >&2; sleep 300 & sleep 301 &", lambda st, x: out.append([st, x]))
+# A silent cell: the transport's liveness check (state queries in the user's project) runs as the user.
+quiet = s.run("sleep 4.5; echo quiet", lambda st, x: out.append([st, x]))
+assert quiet.status == 0, quiet
 print(json.dumps({"status": r.status, "out": out, "host_pids": t.capabilities.host_pids,
                   "shell_host_pid": s.shell_host_pid, "pid": info.pid}))
 s.close()

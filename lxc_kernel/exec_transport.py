@@ -305,6 +305,8 @@ class ExecTransport(Transport):
             raise ContainerNotReady(self.target, "unreachable", self._member_advice(where))
         if status == "missing":
             raise ContainerNotReady(self.target, "gone", "it was deleted; the shell's state is lost")
+        if status == "Freezing":
+            status = "Frozen"  # caught mid-way; by the time anyone reads the error it is frozen
         resume = "resume" if self.client == "incus" else "start"  # LXD resumes a frozen instance with start
         advice = {"Frozen": f"resume it (`{self.client} {resume} {self.target}`)",
                   "Stopped": f"start it (`{self.client} start {self.target}`)"}.get(status, "")

@@ -402,7 +402,8 @@ class LXCKernel(Kernel):
             from .provision import provision
 
             done = provision(container.name, self.create_missing, start=True, tools=self.tools)
-            self._stream("stderr", f"created container {container.name} ({self.create_missing}) "
+            how = "unprivileged" if done.idmap else "privileged"
+            self._stream("stderr", f"created container {container.name} ({self.create_missing}, {how}) "
                                    f"in {done.seconds:.2f} s\n")
         elif state in (State.STOPPED, State.FROZEN):
             reached = container.start(self.startup_timeout) if state is State.STOPPED else container.unfreeze()

@@ -28,6 +28,7 @@ from .cellrun import Act, Action, CellRun, Phase, RunResult, Timing
 from .errors import LxcKernelError, ShellExited, ShellTimeout
 from .output import Sink
 from .protocol import (
+    MAX_TYPED_LINE,
     SWEEP_STALE_DIRS,
     CellParser,
     Handshake,
@@ -182,7 +183,7 @@ class ShellSession:
         """Watch the shell itself with a pidfd, where the host can see it: a shell that exits while an
         ``&`` job still holds the terminal gives no EOF, but its pidfd turns readable at once."""
         assert self._chan is not None
-        self.shell_host_pid = self.transport.shell_host_pid(self._chan)
+        self.shell_host_pid = self.transport.shell_host_pid(self._chan, self.info.pid if self.info else None)
         if self.shell_host_pid:
             try:
                 self._pidfd = os.pidfd_open(self.shell_host_pid)
@@ -341,7 +342,7 @@ class ShellSession:
         cell = CellRun(
             line, token + self._secret, sink, time.monotonic(), err_token=err_token,
             sync_line=lambda: frame_sync(token, err_token), timing=timing, keep_colors=self.keep_colors,
-            health=self.health_check is not None,
+            health=self.health_check is not None or not self.transport.capabilities.eof_on_death,
         )
         with self._busy:
             if self._chan is None:
@@ -438,13 +439,15 @@ class ShellSession:
                 cell.idle_line_seen = 0
             if self._reader_stalled():
                 self._respawn_reader(cell)
-            if self.health_check is not None:
-                try:
+            try:
+                # The transport's own liveness first (a dead cluster member gives no end of file).
+                self.transport.check_alive()
+                if self.health_check is not None:
                     self.health_check()
-                except BaseException:
-                    cell.stop(time.monotonic())  # flush what was read
-                    self.close()
-                    raise
+            except BaseException:
+                cell.stop(time.monotonic())  # flush what was read
+                self.close()
+                raise
         elif act is Act.RESPAWN_STDERR:
             self._respawn_reader(cell)
 
@@ -649,6 +652,10 @@ class ShellSession:
         past ``limit`` is dropped; the shell is still read to the marker, so it stays in step."""
         chan = self._chan
         assert chan is not None
+        if len(line) > MAX_TYPED_LINE:
+            # A shell in canonical mode would wait forever for the end of this line: refuse it.
+            raise LxcKernelError(f"a line of {len(line)} bytes cannot be typed into the shell (the terminal "
+                                 f"takes at most {MAX_TYPED_LINE} with its newline): {line[:80]!r}...")
         parser = CellParser(token + self._secret if secret else token)
         out: list[bytes] = []
         size = 0

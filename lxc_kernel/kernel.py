@@ -90,6 +90,12 @@ class LXCKernel(Kernel):
         # Only in a kernel process (the app exists before it builds its kernel): an LXCKernel built in a
         # test or a tool would get a watchdog of its host process.
         self._watchdog = watchdog.start() if IPKernelApp.initialized() else None
+        if IPKernelApp.initialized() and os.geteuid() != 0 and not self.sudo:
+            # A normal user's own containers: the processes that run lxc-attach must be inside the user's
+            # delegated cgroups, or attached shells land outside the container's (no limits, no freeze).
+            from .delegate import enter
+
+            self._outside_cgroups = enter()
         if self.ephemeral:
             self._cleanup_ephemeral_orphans()
 
@@ -159,7 +165,29 @@ class LXCKernel(Kernel):
         if not quiet:
             for warning in options.warnings:
                 self._stream("stderr", f"warning: {warning}\n")
+            self._say_non_root(session)
         return session
+
+    def _say_non_root(self, session: ShellSession) -> None:
+        """Once per kernel: what a kernel run by a normal user does differently, instead of failing silently."""
+        if getattr(self, "_said_non_root", False) or session.transport.capabilities.host_pids:
+            return
+        self._said_non_root = True
+        import getpass
+
+        how = "through the sudo helper" if self.sudo else "with its own containers"
+        text = (f"[lxc-kernel: this kernel runs as {getpass.getuser()}, not root ({how}). It cannot read the "
+                "container shell's /proc on the host, so input prompts are detected from inside the container, "
+                "and two host-side checks are off: a process in the container that takes the shell's typed line, "
+                "and a stopped stderr reader.")
+        if self.sudo:
+            text += (" Creating containers, `%lxc config set`, `%lxc log` and snapshot comments need host root; "
+                     "a killed kernel's root processes end by hangup of their terminal, not by PID.")
+        elif getattr(self, "_outside_cgroups", None):
+            text += (f" It is outside its user's delegated cgroups ({', '.join(self._outside_cgroups)}): "
+                     "freeze and limits of its containers may fail (root runs `python3 -m lxc_kernel.delegate "
+                     "USER`, and starts Jupyter with `python3 -m lxc_kernel.delegate USER --run -- jupyter lab`).")
+        self._stream("stderr", text + "]\n")
 
     def close_session(self) -> None:
         session, self.shell_session = self.shell_session, None
@@ -401,6 +429,7 @@ class LXCKernel(Kernel):
         if state is State.MISSING and self.create_missing:
             from .provision import provision
 
+            self.tools.require_own(f"creating the missing container {container.name}")
             done = provision(container.name, self.create_missing, start=True, tools=self.tools)
             self._stream("stderr", f"created container {container.name} ({self.create_missing}) "
                                    f"in {done.seconds:.2f} s\n")

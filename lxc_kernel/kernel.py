@@ -182,7 +182,8 @@ class LXCKernel(Kernel):
                 "and a stopped stderr reader.")
         if self.sudo:
             text += (" Creating containers, `%lxc config set`, `%lxc log` and snapshot comments need host root; "
-                     "a killed kernel's root processes end by hangup of their terminal, not by PID.")
+                     "the watchdog of a killed kernel ends its root lxc-attach processes through sudo (SIGTERM), "
+                     "but cannot end the shell's background jobs in the container.")
         elif getattr(self, "_outside_cgroups", None):
             text += (f" It is outside its user's delegated cgroups ({', '.join(self._outside_cgroups)}): "
                      "freeze and limits of its containers may fail (root runs `python3 -m lxc_kernel.delegate "

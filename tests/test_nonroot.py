@@ -408,12 +408,31 @@ def test_notebook_through_nbclient_as_the_user(sudo_containers: tuple[str, str])
         shutil.rmtree(work, ignore_errors=True)
 
 
+def sleepers(token: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", token]]
+
+
 @pytest.mark.timeout(120)
 def test_sudo_kernel_leaves_no_process(sudo_containers: tuple[str, str]) -> None:
+    """A clean shutdown ends the root lxc-attach processes (which the user cannot signal) and the shell's
+    background jobs (which the user cannot see: the shell kills them itself)."""
+    token = f"{secrets.randbelow(10**6)}.25"
+    with user_kernel(SUDO_USER, sudo_containers[0], "--LXCKernel.sudo=True") as k:
+        k.ok(f"sleep {token} & echo up")
+        assert lxc_attach_of(sudo_containers[0]) and sleepers(token)
+    assert wait_for(lambda: not lxc_attach_of(sudo_containers[0]), 15), lxc_attach_of(sudo_containers[0])
+    assert wait_for(lambda: not sleepers(token), 15)
+
+
+@pytest.mark.timeout(120)
+def test_sigkilled_sudo_kernel_leaves_no_lxc_attach(sudo_containers: tuple[str, str]) -> None:
+    """The watchdog (the user) sends sudo SIGTERM, which sudo passes on to the root lxc-attach: a SIGKILLed
+    sudo left the stderr reader's lxc-attach running (measured)."""
     with user_kernel(SUDO_USER, sudo_containers[0], "--LXCKernel.sudo=True") as k:
         k.ok("echo up")
         assert lxc_attach_of(sudo_containers[0])
-    assert wait_for(lambda: not lxc_attach_of(sudo_containers[0]), 15), lxc_attach_of(sudo_containers[0])
+        os.kill(k.pid, 9)
+        assert wait_for(lambda: not lxc_attach_of(sudo_containers[0]), 15), lxc_attach_of(sudo_containers[0])
 
 
 # -- the user's own containers -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ A sudoers rule on the raw ``lxc-*`` tools makes the user root: ``lxc-start -s lx
 SCRIPT as host root, ``lxc-info -o FILE`` appends to any file, ``lxc-copy -m`` bind-mounts any host path, and
 ``lxc-attach -s NETWORK`` leaves the shell in the host's mount namespace as root. So the rule allows only this
 program. It is self-contained (standard library only) and installed root-owned by
-``python -m lxc_kernel.sudo grant``, whose ``#!`` line runs it with ``python3 -I``: the caller's environment,
+``python -m lxc_kernel.sudo grant``, whose ``#!`` line runs it with ``python3 -IS``: the caller's environment,
 ``PYTHONPATH`` and working directory cannot put code into it. It reads nothing of the caller but its argv and
 the ``SUDO_UID`` that sudo sets (sudoers' ``env_reset`` drops everything else, and the rule carries no
 ``SETENV``).
@@ -18,15 +18,9 @@ not know. The tool runs with an environment of its own making.
 
 from __future__ import annotations
 
-import fnmatch
-import grp
 import os
-import pwd
-import re
 import stat
-import subprocess
 import sys
-import tempfile
 
 CONF_DIR = "/etc/lxc-kernel/sudo.d"
 TOOL_DIR = "/usr/bin"
@@ -34,14 +28,67 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/r
 RULE_LIMIT = 1 << 16
 LOG_TAIL = 4000
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-NUMBER_RE = re.compile(r"[0-9]{1,10}")
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-CONFIG_KEY_RE = re.compile(r"lxc(\.[A-Za-z0-9_-]+){1,8}")
+# The checks below are written out rather than regular expressions or fnmatch: importing `re` is most of
+# what this program costs before the tool runs (every lxc-* call of the kernel goes through it).
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.")
+
+
+def _word(text: str, first: frozenset[str], rest: frozenset[str], longest: int) -> bool:
+    return 0 < len(text) <= longest and text[0] in first and all(c in rest for c in text[1:])
+
+
+def valid_name(text: str) -> bool:
+    """A container name as lxc_kernel.lxc.validate_name accepts it."""
+    return _word(text, _ALNUM, _ALNUM | {"_", ".", "-"}, 64) and not text.endswith((".", "-"))
+
+
+def valid_number(text: str) -> bool:
+    return 0 < len(text) <= 10 and all(c in "0123456789" for c in text)
+
+
+def valid_env_name(text: str) -> bool:
+    return _word(text, _ALNUM - set("0123456789") | {"_"}, _ALNUM | {"_"}, 128)
+
+
+def valid_config_key(text: str) -> bool:
+    parts = text.split(".")
+    return (parts[0] == "lxc" and 2 <= len(parts) <= 9
+            and all(_word(p, _ALNUM | {"_", "-"}, _ALNUM | {"_", "-"}, 64) for p in parts[1:]))
+
+
 # Resource controls only: devices.* would hand the container host devices, cgroup.procs/tasks would pull any
 # host process into the container's cgroup (and its freezer).
-CGROUP_KEY_RE = re.compile(r"(memory|cpu|cpuacct|cpuset|pids|blkio|hugetlb|freezer)\.[a-z0-9_.]{1,64}")
-COLUMNS_RE = re.compile(r"[A-Z]+(,[A-Z]+){0,15}")
+CGROUP_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "hugetlb", "freezer")
+
+
+def valid_cgroup_key(text: str) -> bool:
+    controller, dot, rest = text.partition(".")
+    return controller in CGROUP_CONTROLLERS and bool(dot) and _word(rest, _LOWER, _LOWER, 64)
+
+
+def valid_columns(text: str) -> bool:
+    return all(c and c.isascii() and c.isalpha() and c.isupper() for c in text.split(",")) and text.count(",") < 16
+
+
+def glob_match(name: str, glob: str) -> bool:
+    """fnmatch with only ``*`` and ``?`` (what grant lets a glob hold), case-sensitive."""
+    n = g = 0
+    star, mark = -1, 0
+    while n < len(name):
+        if g < len(glob) and glob[g] in ("?", name[n]):
+            n, g = n + 1, g + 1
+        elif g < len(glob) and glob[g] == "*":
+            star, mark, g = g, n, g + 1
+        elif star >= 0:
+            mark += 1
+            n, g = mark, star + 1
+        else:
+            return False
+    while g < len(glob) and glob[g] == "*":
+        g += 1
+    return g == len(glob)
+
 # The backing stores a copy may use: both stay under the lxcpath.
 BACKING = ("overlay", "overlayfs", "dir")
 
@@ -102,11 +149,14 @@ def caller() -> tuple[str, list[str]] | None:
     raw = os.environ.get("SUDO_UID")
     if raw is None and os.getuid() == 0:
         return None
-    if raw is None or not NUMBER_RE.fullmatch(raw):
+    if raw is None or not valid_number(raw):
         raise Refused("run it through sudo (SUDO_UID is missing or malformed)")
     uid = int(raw)
     if uid == 0:
         return None
+    import grp
+    import pwd
+
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
@@ -165,10 +215,10 @@ class Access:
         self.globs = None if who is None else allowed_globs(who)
 
     def allows(self, name: str) -> bool:
-        return self.globs is None or any(fnmatch.fnmatchcase(name, g) for g in self.globs)
+        return self.globs is None or any(glob_match(name, g) for g in self.globs)
 
     def check(self, name: str) -> str:
-        if not NAME_RE.fullmatch(name) or name.endswith((".", "-")):
+        if not valid_name(name):
             raise Refused(f"invalid container name {name!r}")
         if not self.allows(name):
             assert self.who is not None
@@ -185,11 +235,9 @@ class Access:
 def check_value(kind: str, value: str, access: Access) -> str:
     if kind == "name":
         return access.check(value)
-    ok = {
-        "number": NUMBER_RE, "key": CONFIG_KEY_RE, "columns": COLUMNS_RE, "snapshot": NAME_RE,
-    }.get(kind)
+    ok = {"number": valid_number, "key": valid_config_key, "columns": valid_columns, "snapshot": valid_name}.get(kind)
     if ok is not None:
-        if not ok.fullmatch(value):
+        if not ok(value):
             raise Refused(f"invalid {kind} {value!r}")
         return value
     if kind == "backing":
@@ -198,7 +246,7 @@ def check_value(kind: str, value: str, access: Access) -> str:
         return value
     if kind == "env":
         key, sep, val = value.partition("=")
-        if not sep or not ENV_NAME_RE.fullmatch(key) or "\0" in val or len(value) > 4096:
+        if not sep or not valid_env_name(key) or "\0" in val or len(value) > 4096:
             raise Refused(f"invalid variable {value[:40]!r}: -v wants KEY=VALUE")
         return value
     raise Refused(f"unknown value kind {kind}")
@@ -250,7 +298,7 @@ def parse(tool: str, args: list[str], access: Access) -> tuple[list[str], list[s
         if any("\0" in a for a in rest):
             raise Refused("a NUL byte in the command")
     elif tool == "lxc-cgroup":
-        if not 1 <= len(rest) <= 2 or not CGROUP_KEY_RE.fullmatch(rest[0]) or rest[0].startswith("cgroup."):
+        if not 1 <= len(rest) <= 2 or not valid_cgroup_key(rest[0]):
             raise Refused("lxc-cgroup takes KEY [VALUE] with a resource key (memory.*, cpu.*, cpuset.*, pids.*, "
                           "blkio.*, freezer.*)")
         if len(rest) == 2 and (len(rest[1]) > 256 or any(ord(c) < 32 for c in rest[1])):
@@ -274,6 +322,9 @@ def stderr_is_safe() -> bool:
 
 def run_logged(argv: list[str], *, filter_names: Access | None = None) -> int:
     """Run the tool as a child with a private log file; on failure its tail goes to our stderr."""
+    import subprocess
+    import tempfile
+
     logdir = "/run/lxc-kernel-sudo" if os.path.isdir("/run") else None
     if logdir:
         os.makedirs(logdir, mode=0o700, exist_ok=True)

@@ -164,12 +164,13 @@ def user_kernel(user: str, container: str, *traits: str, own: bool = False) -> I
         k.shutdown()
 
 
-def lxc_attach_of(container: str) -> list[psutil.Process]:
-    """Processes on the host that attach to ``container`` (lxc-attach, and the sudo/helper around it)."""
+def lxc_attach_of(container: str, but: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """Processes on the host that attach to ``container`` (lxc-attach, and the sudo/helper around it), but
+    not those in ``but`` (another kernel's, on the same container)."""
     out = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "lxc-attach" in " ".join(cmd) and container in cmd:
+        if "lxc-attach" in " ".join(cmd) and container in cmd and proc.pid not in but:
             out.append(proc)
     return out
 
@@ -417,10 +418,12 @@ def test_sudo_kernel_leaves_no_process(sudo_containers: tuple[str, str]) -> None
     """A clean shutdown ends the root lxc-attach processes (which the user cannot signal) and the shell's
     background jobs (which the user cannot see: the shell kills them itself)."""
     token = f"{secrets.randbelow(10**6)}.25"
-    with user_kernel(SUDO_USER, sudo_containers[0], "--LXCKernel.sudo=True") as k:
+    ct = sudo_containers[0]
+    others = frozenset(p.pid for p in lxc_attach_of(ct))
+    with user_kernel(SUDO_USER, ct, "--LXCKernel.sudo=True") as k:
         k.ok(f"sleep {token} & echo up")
-        assert lxc_attach_of(sudo_containers[0]) and sleepers(token)
-    assert wait_for(lambda: not lxc_attach_of(sudo_containers[0]), 15), lxc_attach_of(sudo_containers[0])
+        assert lxc_attach_of(ct, others) and sleepers(token)
+    assert wait_for(lambda: not lxc_attach_of(ct, others), 15), lxc_attach_of(ct, others)
     assert wait_for(lambda: not sleepers(token), 15)
 
 
@@ -428,11 +431,13 @@ def test_sudo_kernel_leaves_no_process(sudo_containers: tuple[str, str]) -> None
 def test_sigkilled_sudo_kernel_leaves_no_lxc_attach(sudo_containers: tuple[str, str]) -> None:
     """The watchdog (the user) sends sudo SIGTERM, which sudo passes on to the root lxc-attach: a SIGKILLed
     sudo left the stderr reader's lxc-attach running (measured)."""
-    with user_kernel(SUDO_USER, sudo_containers[0], "--LXCKernel.sudo=True") as k:
+    ct = sudo_containers[0]
+    others = frozenset(p.pid for p in lxc_attach_of(ct))
+    with user_kernel(SUDO_USER, ct, "--LXCKernel.sudo=True") as k:
         k.ok("echo up")
-        assert lxc_attach_of(sudo_containers[0])
+        assert lxc_attach_of(ct, others)
         os.kill(k.pid, 9)
-        assert wait_for(lambda: not lxc_attach_of(sudo_containers[0]), 15), lxc_attach_of(sudo_containers[0])
+        assert wait_for(lambda: not lxc_attach_of(ct, others), 15), lxc_attach_of(ct, others)
 
 
 # -- the user's own containers -----------------------------------------------------------------------------

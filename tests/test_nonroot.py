@@ -481,3 +481,22 @@ def _subuid(user: str) -> int:
             if name == user:
                 return int(start)
     raise AssertionError(f"{user} has no subuid range")
+
+
+def root_names() -> list[str]:
+    return subprocess.run(["lxc-ls", "-1"], capture_output=True, text=True, timeout=30).stdout.split()
+
+
+@pytest.mark.timeout(180)
+def test_sudo_ephemeral_copy_removed_at_shutdown_and_after_sigkill(sudo_containers: tuple[str, str]) -> None:
+    """The copy is made and removed through the helper; a SIGKILLed kernel's watchdog (the user) removes it."""
+    base = sudo_containers[0]
+    with user_kernel(SUDO_USER, base, "--LXCKernel.sudo=True", f"--LXCKernel.ephemeral={base}") as k:
+        copy = k.ok("hostname").strip()
+        assert copy.startswith(f"{base}-eph-") and copy in root_names()
+    assert wait_for(lambda: copy not in root_names(), 15)
+    with user_kernel(SUDO_USER, base, "--LXCKernel.sudo=True", f"--LXCKernel.ephemeral={base}") as k:
+        copy = k.ok("hostname").strip()
+        assert copy in root_names()
+        os.kill(k.pid, 9)
+        assert wait_for(lambda: copy not in root_names(), 15), f"{copy} still there"

@@ -157,6 +157,18 @@ class LXCKernel(Kernel):
         try:
             session.start(timeout=self.startup_timeout)
             self._install_helpers(session)
+        except LxcKernelError as exc:
+            session.close()
+            if outside := getattr(self, "_outside_cgroups", None):
+                # Measured: lxc-attach fails with "Failed to move process into target cgroup" when the
+                # kernel is outside its user's delegated cgroup2 subtree; only root can move it in.
+                raise ConfigError(
+                    f"this kernel is outside its user's delegated cgroups in {', '.join(outside)}, so lxc-attach "
+                    "cannot move the shell into the container's cgroup. Root starts Jupyter inside them: "
+                    "`python3 -m lxc_kernel.delegate USER --run -- jupyter lab` (after `python3 -m "
+                    f"lxc_kernel.delegate USER` at boot). The attach said: {exc}"
+                ) from exc
+            raise
         except BaseException:
             session.close()  # whatever went wrong, the new shell is ours to end
             raise

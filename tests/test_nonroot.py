@@ -500,3 +500,17 @@ def test_sudo_ephemeral_copy_removed_at_shutdown_and_after_sigkill(sudo_containe
         assert copy in root_names()
         os.kill(k.pid, 9)
         assert wait_for(lambda: copy not in root_names(), 15), f"{copy} still there"
+
+
+@pytest.mark.timeout(120)
+def test_own_kernel_outside_its_cgroups_says_how_to_start_it(own_container: str) -> None:
+    """Started as the user without the launcher, the kernel moves itself into the v1 hierarchies but cannot
+    enter cgroup2 (a move needs write access to the common ancestor): the attach fails, and says why."""
+    with user_kernel(OWN_USER, own_container) as k:  # setpriv only: no delegate --run
+        with open(f"/proc/{k.pid}/cgroup") as fh:
+            cgroups = fh.read()
+        assert f":memory:/lxc-kernel/{OWN_USER}\n" in cgroups  # moved itself in where it could
+        r = k.execute("echo hi")
+        assert r.status == "error" and r.errors[0]["ename"] == "ConfigError"
+        assert "outside its user's delegated cgroups in unified" in r.errors[0]["evalue"]
+        assert "python3 -m lxc_kernel.delegate USER --run -- jupyter lab" in r.errors[0]["evalue"]

@@ -514,3 +514,32 @@ def test_own_kernel_outside_its_cgroups_says_how_to_start_it(own_container: str)
         assert r.status == "error" and r.errors[0]["ename"] == "ConfigError"
         assert "outside its user's delegated cgroups in unified" in r.errors[0]["evalue"]
         assert "python3 -m lxc_kernel.delegate USER --run -- jupyter lab" in r.errors[0]["evalue"]
+
+
+@pytest.mark.timeout(120)
+def test_grant_and_revoke(sudo_containers: tuple[str, str]) -> None:
+    """grant writes a rule visudo accepts (0440) that lets the user run the helper at once; revoke takes it
+    back, and the user is refused by sudo again (no prompt)."""
+    grant = [sys.executable, "-m", "lxc_kernel.sudo"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    try:
+        for bad in (["grant", "no-such-user-x", "--containers", "a*"], ["grant", NORULE_USER, "--containers", "a b"],
+                    ["grant", NORULE_USER, "--containers", "[ab]"], ["grant", "%no-such-group-x", "--containers", "a"]):
+            r = subprocess.run([*grant, *bad], capture_output=True, text=True, env=env, timeout=30)
+            assert r.returncode == 2 and r.stderr.startswith("error: "), (bad, r.stderr)
+        r = subprocess.run([*grant, "grant", NORULE_USER, "--containers", f"{SUDO_CT},other-*"], capture_output=True,
+                           text=True, env=env, timeout=30)
+        assert r.returncode == 0, r.stderr
+        path = f"/etc/sudoers.d/lxc-kernel-u-{NORULE_USER}"
+        assert oct(os.stat(path).st_mode & 0o777) == "0o440"
+        assert subprocess.run(["visudo", "-cf", path], capture_output=True).returncode == 0
+        ok = helper(NORULE_USER, "lxc-info", "-n", SUDO_CT, "-s", "-H")
+        assert ok.returncode == 0 and ok.stdout.strip() == "RUNNING", ok.stderr
+        assert f"allow {NORULE_USER} {SUDO_CT},other-*" in subprocess.run(
+            [*grant, "show"], capture_output=True, text=True, env=env, timeout=30).stdout
+    finally:
+        r = subprocess.run([*grant, "revoke", NORULE_USER], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0 and "removed" in r.stdout
+    refused = helper(NORULE_USER, "lxc-info", "-n", SUDO_CT, "-s", "-H")
+    assert refused.returncode != 0 and "password is required" in refused.stderr
+    assert os.path.exists(SUDO_HELPER)  # other users are still granted

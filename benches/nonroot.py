@@ -29,7 +29,7 @@ for _ in range(int(sys.argv[1])):
     t = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     times.append((time.perf_counter() - t) * 1000)
-print(statistics.median(times))
+print(" ".join(f"{t:.3f}" for t in times))
 """
 
 
@@ -86,15 +86,24 @@ def main() -> int:
     try:
         info = ["lxc-info", "-n", root_ct, "-s", "-H"]
         py = "/usr/bin/python3"
-        root = subprocess.run([py, "-c", CALL_LOOP, str(ns.calls), *info], capture_output=True, text=True)
-        sudo = as_user(SUDO_USER, py, "-c", CALL_LOOP, str(ns.calls), "sudo", "-n", SUDO_HELPER, *info)
-        refused = as_user(SUDO_USER, py, "-c", CALL_LOOP.replace("check=True", "check=False"), str(ns.calls),
-                          "sudo", "-n", SUDO_HELPER, "lxc-info", "-n", "lxck-test-sh")
-        own = as_owner(py, "-c", CALL_LOOP, str(ns.calls), "lxc-info", "-n", own_ct, "-s", "-H")
-        out["lxc_info_call_ms"] = {
-            "root": float(root.stdout), "sudo_helper": float(sudo.stdout), "sudo_refused": float(refused.stdout),
-            "own_user": float(own.stdout),
+        loops = {
+            "root": lambda n: subprocess.run([py, "-c", CALL_LOOP, str(n), *info], capture_output=True, text=True),
+            "root_through_helper_without_sudo": lambda n: subprocess.run(
+                [py, "-c", CALL_LOOP, str(n), SUDO_HELPER, *info], capture_output=True, text=True),
+            "sudo_helper": lambda n: as_user(SUDO_USER, py, "-c", CALL_LOOP, str(n), "sudo", "-n", SUDO_HELPER, *info),
+            "sudo_helper_refused": lambda n: as_user(
+                SUDO_USER, py, "-c", CALL_LOOP.replace("check=True", "check=False"), str(n), "sudo", "-n",
+                SUDO_HELPER, "lxc-info", "-n", "lxck-test-sh"),
+            "own_user": lambda n: as_owner(py, "-c", CALL_LOOP, str(n), "lxc-info", "-n", own_ct, "-s", "-H"),
         }
+        samples: dict[str, list[float]] = {name: [] for name in loops}
+        for _ in range(5):  # interleaved rounds: the machine's load drifts
+            for name, loop in loops.items():
+                samples[name] += [float(x) for x in loop(ns.calls // 5).stdout.split()]
+        out["lxc_info_call_ms"] = {name: ms(values) for name, values in samples.items()}
+        from conftest import install_test_kernelspecs
+
+        install_test_kernelspecs()  # once, before the root kernel's start is timed
         out["kernel_root"] = kernel_figures(lambda: RootKernel(root_ct), ns.cells)
         out["kernel_sudo"] = kernel_figures(
             lambda: UserKernel(SUDO_USER, root_ct, "--LXCKernel.sudo=True"), ns.cells)

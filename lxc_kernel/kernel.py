@@ -185,10 +185,11 @@ class LXCKernel(Kernel):
         if getattr(self, "_said_non_root", False) or session.transport.capabilities.host_pids:
             return
         self._said_non_root = True
-        import getpass
+        import pwd
 
         how = "through the sudo helper" if self.sudo else "with its own containers"
-        text = (f"[lxc-kernel: this kernel runs as {getpass.getuser()}, not root ({how}). It cannot read the "
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        text = (f"[lxc-kernel: this kernel runs as {user}, not root ({how}). It cannot read the "
                 "container shell's /proc on the host, so input prompts are detected from inside the container, "
                 "and two host-side checks are off: a process in the container that takes the shell's typed line, "
                 "and a stopped stderr reader.")

@@ -72,10 +72,11 @@ SUDO_HELPER = "/usr/local/libexec/lxc-kernel/lxck-sudo"
 def sudo_hint(stderr: str) -> str:
     """What to do when sudo refused to run the helper: ``sudo -n`` fails at once instead of prompting."""
     if "password is required" in stderr or "may not run sudo" in stderr or "not allowed to execute" in stderr:
-        import getpass
+        import pwd
 
-        return (f" (sudo has no rule that lets {getpass.getuser()} run {SUDO_HELPER} without a password: root "
-                f"grants one with `python3 -m lxc_kernel.sudo grant {getpass.getuser()} --containers NAME`)")
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return (f" (sudo has no rule that lets {user} run {SUDO_HELPER} without a password: root "
+                f"grants one with `python3 -m lxc_kernel.sudo grant {user} --containers NAME`)")
     return ""
 
 

@@ -279,6 +279,9 @@ def test_sudo_kernel_input_prompt_found_from_inside(sk: UserKernel) -> None:
     r, requests = run_with_input(sk, 'read -p "Name? " n; echo "hello $n"', ["alice"])
     assert requests == [{"prompt": "Name? ", "password": False}]
     assert r.status == "ok" and r.stream() == "hello alice\n"
+    r, requests = run_with_input(sk, 'read -s -p "Password: " pw; echo; echo "got ${#pw}"', ["s3cret"])
+    assert requests == [{"prompt": "Password: ", "password": True}]
+    assert r.status == "ok" and "s3cret" not in r.stream() and r.stream().endswith("got 6\n")
 
 
 @pytest.mark.timeout(120)
@@ -452,6 +455,15 @@ def test_own_container_cells_freeze_and_memory_limit(own_container: str) -> None
         assert mapping[:2] == ["0", str(_subuid(OWN_USER))] and mapping[-1] == "0"  # unprivileged, root inside
         assert f"runs as {OWN_USER}, not root (with its own containers)" in first.stream("stderr")
         assert "outside" not in first.stream("stderr")  # inside the delegated cgroups
+        r, requests = run_with_input(k, 'read -p "Name? " n; echo "hello $n"', ["bob"])
+        assert requests == [{"prompt": "Name? ", "password": False}] and r.stream() == "hello bob\n"
+        msg_id = k.kc.execute("sleep 100")
+        time.sleep(1.5)
+        k.km.interrupt_kernel()
+        reply = k.kc.get_shell_msg(timeout=30)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = k.kc.get_shell_msg(timeout=30)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
         # The attached shell is in the container's cgroup: what makes limits and freeze reach it.
         token = f"{secrets.randbelow(10**6)}.5"
         k.ok(f"sleep {token} & echo started")

@@ -139,7 +139,7 @@ class Tools:
         except subprocess.TimeoutExpired as exc:
             raise LxcCommandError(argv, -1, f"timed out after {timeout:g} s") from exc
         if check and proc.returncode != 0:
-            stderr = proc.stderr + (sudo_hint(proc.stderr) if self.sudo else "")
+            stderr = proc.stderr.rstrip() + sudo_hint(proc.stderr) if self.sudo else proc.stderr
             raise LxcCommandError(argv, proc.returncode, stderr or proc.stdout)
         return proc
 
@@ -171,7 +171,7 @@ class Container:
         if proc.returncode != 0:
             if "doesn't exist" in proc.stderr or "does not exist" in proc.stderr or not proc.stderr.strip():
                 return State.MISSING
-            said = proc.stderr + (sudo_hint(proc.stderr) if self.tools.sudo else "")
+            said = proc.stderr.rstrip() + sudo_hint(proc.stderr) if self.tools.sudo else proc.stderr
             raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name), proc.returncode, said)
         try:
             return State(proc.stdout.strip())

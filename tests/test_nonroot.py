@@ -130,10 +130,15 @@ class UserKernel:
                                      kernel_spec_manager=KernelSpecManager(kernel_dirs=[os.path.dirname(spec_dir)]))
         self.km.owner = (entry.pw_uid, entry.pw_gid)
         self.km.connection_file = os.path.join(self.dir, "connection.json")
-        self.km.start_kernel(cwd=self.dir)
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
+        self.kc: Any = None
+        try:
+            self.km.start_kernel(cwd=self.dir)
+            self.kc = self.km.client()  # after the start: the client copies the connection info
+            self.kc.start_channels()
+            self.kc.wait_for_ready(timeout=60)
+        except BaseException:
+            self.shutdown()  # a kernel that did not come up leaves neither a process nor its directory
+            raise
 
     @property
     def pid(self) -> int:
@@ -149,9 +154,10 @@ class UserKernel:
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
-            self.kc.stop_channels()
+            if self.kc is not None:
+                self.kc.stop_channels()
         with contextlib.suppress(Exception):
-            self.km.shutdown_kernel(now=False)
+            self.km.shutdown_kernel(now=not self.km.is_alive())
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

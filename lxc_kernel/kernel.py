@@ -445,7 +445,8 @@ class LXCKernel(Kernel):
 
             self.tools.require_own(f"creating the missing container {container.name}")
             done = provision(container.name, self.create_missing, start=True, tools=self.tools)
-            self._stream("stderr", f"created container {container.name} ({self.create_missing}) "
+            how = "unprivileged" if done.idmap else "privileged"
+            self._stream("stderr", f"created container {container.name} ({self.create_missing}, {how}) "
                                    f"in {done.seconds:.2f} s\n")
         elif state in (State.STOPPED, State.FROZEN):
             reached = container.start(self.startup_timeout) if state is State.STOPPED else container.unfreeze()

@@ -315,6 +315,18 @@ class Container:
             raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name, "-c", key), 0, said)
         return out.partition("=")[2].strip()
 
+    def idmap_values(self) -> list[str]:
+        """Every ``lxc.idmap`` value as LXC reads the config (included files too); [] when privileged.
+
+        ``lxc-info -c`` prints a list key's first value after ``KEY =`` and the others alone on the
+        following lines (measured, LXC 5.0.2)."""
+        argv = self.tools.argv("lxc-info", "-n", self.name, "-c", "lxc.idmap")
+        out = self.run("lxc-info", "-c", "lxc.idmap", timeout=10).stdout.strip()
+        if not out.startswith("lxc.idmap ="):
+            raise LxcCommandError(argv, 0, out or "no output")
+        first, *rest = out.splitlines()
+        return [v for v in (first.partition("=")[2].strip(), *(line.strip() for line in rest)) if v]
+
     def config_set(self, key: str, value: str) -> None:
         """Write ``KEY = VALUE`` into the container's config file, replacing earlier lines of the key.
 

@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -342,6 +341,7 @@ def _lxc_parser() -> MagicParser:
     for short, key in SECURITY_KEYS.items():
         c.add_argument(f"--{short}", metavar="PROFILE", help=key)
     c.add_argument("--start", action="store_true")
+    c.add_argument("--privileged", action="store_true")
     d = sub.add_parser("destroy", prog="%lxc destroy")
     d.add_argument("name")
     d.add_argument("--force", action="store_true")
@@ -389,14 +389,17 @@ def lxc_magic(host: Host, args: list[str]) -> None:
     deadline) and reports it; a failing lxc-* tool shows its own message.
 
       %lxc list                          every container: state, PID, memory, IPs (a table)
-      %lxc info [NAME]                   state, PID, CPU and memory use, IPs, limits in force, and
-                                         this kernel's session (shell PID, attach options)
+      %lxc info [NAME]                   state, PID, CPU and memory use, IPs, limits in force,
+                                         whether it is privileged (its id map), and this
+                                         kernel's session (shell PID, attach options)
       %lxc status [NAME]                 one line: the state (and init PID when running)
       %lxc create NAME [-t TEMPLATE] [--config KEY=VALUE ...] [--apparmor PROFILE]
-                  [--seccomp FILE] [--selinux CONTEXT] [--start] [-- TEMPLATE ARGS]
+                  [--seccomp FILE] [--selinux CONTEXT] [--start] [--privileged] [-- TEMPLATE ARGS]
                                          TEMPLATE: busybox (default), hostfs, debian, or any
                                          lxc-create template. No network but loopback unless a
                                          --config lxc.net.0.* says otherwise (no lxcbr0 needed).
+                                         Unprivileged (root inside is an unprivileged host uid,
+                                         from root's /etc/subuid range) unless --privileged.
                                          --apparmor/--seccomp/--selinux are shorthand for
                                          --config lxc.apparmor.profile=... and friends.
       %lxc start [NAME]
@@ -495,6 +498,7 @@ def _lxc_info(host: Host, ns: argparse.Namespace) -> None:
     if info.memory_bytes is not None:
         rows.append(("memory use", _human_bytes(info.memory_bytes)))
     rows.append(("IPs", ", ".join(info.ips) or "none"))
+    rows.append(("privileged", _privilege(ct)))
     if info.state is State.RUNNING:
         rows += _limits(ct)
     if _is_attached(host, ct):
@@ -509,6 +513,16 @@ def _lxc_info(host: Host, ns: argparse.Namespace) -> None:
         rows += _option_rows(host)
     width = max(len(k) for k, _ in rows)
     _say(host, "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+
+
+def _privilege(ct: Container) -> str:
+    from .idmap import parse_idmap
+
+    try:
+        idmap = parse_idmap(ct.idmap_values())
+    except LxcCommandError as exc:
+        return f"unknown ({exc})"
+    return f"no: {idmap.describe()}" if idmap else "yes: no id map, root inside is root on the host"
 
 
 def _create_config_entries(ns: argparse.Namespace) -> list[tuple[str, str]]:
@@ -540,19 +554,22 @@ def _lxc_create(host: Host, ns: argparse.Namespace, template_args: Sequence[str]
     # imported lazily so that a missing optional module can't break the magics that don't need it.
     from . import provision
 
+    config = "".join(f"{k} = {v}\n" for k, v in entries)
     if ns.template in KINDS and not template_args:
-        provision.provision(ct.name, ns.template, start=False, tools=host.tools)
+        provision.check_extra_config(config)
+        idmap = provision.provision(ct.name, ns.template, start=False, tools=host.tools,
+                                    privileged=ns.privileged).idmap
         for key, value in entries:
             ct.config_set(key, value)
     else:
-        config = provision.NET_EMPTY_CONFIG + "".join(f"{k} = {v}\n" for k, v in entries)
-        with tempfile.NamedTemporaryFile("w", prefix="lxck-create-", suffix=".conf") as fh:
-            fh.write(config)
-            fh.flush()
-            ct.create(ns.template, config_file=fh.name, template_args=template_args)
+        idmap = provision.create_from_template(ct, ns.template, config=config, template_args=template_args,
+                                               privileged=ns.privileged)
     shown = "".join(f"\n  {k} = {v}" for k, v in entries)
-    _say(host, f"created {ct.name} from template {ns.template} in {time.monotonic() - t0:.2f} s"
+    _say(host, f"created {ct.name} from template {ns.template} in {time.monotonic() - t0:.2f} s, "
+               + (f"unprivileged ({idmap.describe()})" if idmap else "privileged")
                + (f"; config:{shown}" if shown else ""))
+    if idmap is None:
+        host.emit_text("warning: " + provision.PRIVILEGED_WARNING.format(name=ct.name) + "\n", "stderr")
     if ns.start:
         state, seconds = _timed(lambda: ct.start())
         _say(host, _expect(ct, state, State.RUNNING, seconds, "start"))

@@ -434,8 +434,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "create_missing", Kind.STR, "",
-        "when the container doesn't exist, create it of this kind (busybox, hostfs, debian; the bare install "
-        "flag means busybox) and start it; a stopped one is started too. The zero-setup choice for new users",
+        "when the container doesn't exist, create it, unprivileged, of this kind (busybox, hostfs, debian; the "
+        "bare install flag means busybox) and start it; a stopped one is started too. The zero-setup choice for "
+        "new users",
         _one_of(KINDS), flag="--create-missing", metavar="KIND", flag_const="busybox", doc_default="off",
     ),
     Option(

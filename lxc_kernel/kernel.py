@@ -190,7 +190,9 @@ class LXCKernel(Kernel):
         how = "through the sudo helper" if self.sudo else "with its own containers"
         user = pwd.getpwuid(os.geteuid()).pw_name
         text = (f"[lxc-kernel: this kernel runs as {user}, not root ({how}). It cannot read the "
-                "container shell's /proc on the host, so input prompts are detected from inside the container, "
+                "container shell's /proc on the host, so input prompts are detected from inside the container "
+                "(where the terminal's modes cannot be read there, as in unprivileged containers, a prompt is "
+                "a password prompt when its words say so: password, passphrase, secret, token, PIN), "
                 "and two host-side checks are off: a process in the container that takes the shell's typed line, "
                 "and a stopped stderr reader.")
         if self.sudo:

@@ -314,7 +314,9 @@ def is_read_write(fdinfo: bytes) -> bool:
 # $1 = syscall numbers of select-like calls, $2 = of poll-like calls. Runs as the shell's user.
 # The terminal's modes come from the first of fds 0-2 that stty can read: a cell's stdin is `0</dev/tty`,
 # and /proc/PID/fd/0 then reopens /dev/tty, which is the *probe's* controlling terminal (it has none: ENXIO),
-# so a `read -s` looked like a plain prompt; fd 1 is the same terminal by its /dev/pts name.
+# so a `read -s` looked like a plain prompt; fd 1 is the same terminal by its /dev/pts name. In an
+# unprivileged container that terminal is a host pty that container root may not open (EACCES, measured):
+# the modes stay unknown there, and cellio judges a secret by the prompt's words.
 _INSIDE_PROBE = r"""
 sel=" $1 "; pol=" $2 "
 for d in /proc/[0-9]*; do

@@ -140,3 +140,13 @@ def test_helper_checks_match_the_patterns_they_replace() -> None:
         assert sudo_helper.valid_cgroup_key(key) == expected, key
     for key in ["lxc.log.file", "lxc.cgroup.memory.limit_in_bytes", "lxc", "lxc.", "lxc.a b", "lxd.x", "lxc.idmap"]:
         assert sudo_helper.valid_config_key(key) == bool(re.fullmatch(r"lxc(\.[A-Za-z0-9_-]+){1,8}", key)), key
+
+
+def test_a_prompt_reads_a_secret_by_its_words_when_the_modes_are_unknown() -> None:
+    from lxc_kernel.cellio import looks_secret
+
+    for prompt in ("Password: ", "[sudo] password for bob: ", "Enter passphrase for key: ", "API token? ",
+                   "PIN: ", "Secret> ", "passcode:"):
+        assert looks_secret(prompt), prompt
+    for prompt in ("Name? ", "Continue? [Y/n] ", "Spinning up: ", "x? ", ""):
+        assert not looks_secret(prompt), prompt

@@ -4,6 +4,7 @@
 Prints ONE JSON object on stdout (progress goes to stderr)::
 
     python benches/bench.py [--container NAME] [--kernel lxc] [--quick] [--no-reference] [--no-profile]
+    python benches/bench.py --transport ssh [--ssh USER@HOST[:PORT]] [--quick]   (see bench_ssh.py)
 
 Figures, all wall-clock seconds unless the key says otherwise:
 
@@ -967,7 +968,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-kernel", default="python3", help="kernelspec for the messaging floor")
     parser.add_argument("--no-reference", action="store_true", help="skip the python3 reference kernel")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile section")
+    parser.add_argument("--transport", choices=("lxc-attach", "ssh"), default="lxc-attach",
+                        help="ssh: the ssh transport beside its floors and a local lxc-attach (bench_ssh.py)")
+    parser.add_argument("--ssh", default="root@10.99.9.2", help="[USER@]HOST[:PORT] for --transport ssh")
+    parser.add_argument("--ssh-option", action="append", help="KEY=VALUE ssh option (repeatable)")
+    parser.add_argument("--local-container", default=os.environ.get("LXCK_TEST_SH") or "lxck-test-sh",
+                        help="the local busybox container --transport ssh compares with")
     args = parser.parse_args(argv)
+    if args.transport == "ssh":
+        import bench_ssh
+
+        args.container_given = "--container" in (argv if argv is not None else sys.argv)
+        print(json.dumps(bench_ssh.run(args), indent=2))
+        return 0
 
     reps = (
         {"true": 30, "attach_true": 5, "seq_floor": 1, "interrupt": 2, "big": 1, "raw_shell": 30,

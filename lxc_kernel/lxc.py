@@ -10,10 +10,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .bounded import read_tail
 from .errors import ConfigError, ContainerNotReady, LxcCommandError, LxcNotInstalled
 from .spawn import TOOL_ENV
+
+if TYPE_CHECKING:
+    from .ssh import SshLink
 
 # lxc(7): a name becomes a directory under lxcpath and the default hostname, so keep to the
 # portable hostname alphabet plus '_' and '.'; this also rules out every shell metacharacter.
@@ -82,12 +86,20 @@ def sudo_hint(stderr: str) -> str:
 
 @dataclass(frozen=True)
 class Tools:
-    """How to invoke the lxc-* tools: which lxcpath, and whether through the sudo helper."""
+    """How to invoke the lxc-* tools: which lxcpath, whether through the sudo helper, and on which host
+    (``remote``: an ssh link, through which every call runs on the remote host)."""
 
     lxcpath: str | None = None
     sudo: bool = False
+    remote: SshLink | None = None
 
     def argv(self, tool: str, *args: str, log: bool = True) -> list[str]:
+        """The host argv: the tool's own argv, through the ssh link when the tools are remote."""
+        argv = self.local_argv(tool, *args, log=log)
+        return self.remote.wrap(argv, tty=False) if self.remote is not None else argv
+
+    def local_argv(self, tool: str, *args: str, log: bool = True) -> list[str]:
+        """The argv on the host that runs LXC (this one, or the remote one)."""
         if self.sudo:
             # The helper fixes the lxcpath and the log target itself and refuses -P, -o and -l from us.
             if self.lxcpath:
@@ -124,6 +136,8 @@ class Tools:
         log: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         argv = self.argv(tool, *args, log=log)
+        if self.remote is not None and not self.remote.alive():
+            raise self.remote.down_error(f"cannot run {tool}")
         try:
             proc = subprocess.run(
                 argv,
@@ -131,13 +145,15 @@ class Tools:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env=TOOL_ENV,
+                env=self.remote.env() if self.remote is not None else TOOL_ENV,
                 stdin=None if input is not None else subprocess.DEVNULL,
             )
         except FileNotFoundError as exc:
             raise LxcNotInstalled(argv[0]) from exc
         except subprocess.TimeoutExpired as exc:
             raise LxcCommandError(argv, -1, f"timed out after {timeout:g} s") from exc
+        if self.remote is not None and proc.returncode == 255 and self.remote.lost():
+            raise self.remote.down_error(f"{tool} could not run", 255, proc.stderr)
         if check and proc.returncode != 0:
             stderr = proc.stderr.rstrip() + sudo_hint(proc.stderr) if self.sudo else proc.stderr
             raise LxcCommandError(argv, proc.returncode, stderr or proc.stdout)

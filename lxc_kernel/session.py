@@ -204,6 +204,7 @@ class ShellSession:
         reader, self._reader = self._reader, None
         if reader is None:
             return
+        self.transport.end_spawned(reader)  # type: ignore[arg-type]
         tree = process_tree(reader.pid)  # type: ignore[attr-defined]
         kill_tree(tree)
         wait_gone(tree, 0.3)  # zombies count as gone: the read loop must not wait for init's reaping
@@ -256,6 +257,7 @@ class ShellSession:
                     except OSError:
                         pass
                     chan.wait(0.3)
+                self.transport.end_shell(chan, self.info.pid if self.info is not None else None)
                 if chan.alive:
                     chan.hangup()  # Incus and LXD clients only clean up on SIGHUP; lxc-attach takes it too
                     chan.wait(0.1)

@@ -171,6 +171,15 @@ class Transport:
         """The shell's PID in the host's /proc, when the host can see it."""
         return None
 
+    def end_spawned(self, proc: subprocess.Popen[bytes]) -> None:
+        """Called before a helper from :meth:`spawn` is killed by PID. Where killing the host's process
+        leaves the helper running in the target for a moment (ssh), the transport ends it there first."""
+
+    def end_shell(self, channel: PtyChannel, shell_pid: int | None) -> None:
+        """Called as a session closes, before its host processes are signalled, with the shell's PID in
+        the target (``$$``). Where killing the host's client leaves the shell's processes behind (ssh),
+        the transport ends them here; elsewhere the host's process tree covers them."""
+
     # -- shared I/O -------------------------------------------------------------------------------
     def open_shell(self, dimensions: tuple[int, int] = (24, 120)) -> PtyChannel:
         return PtyChannel(self.shell_argv(), self.spawn_env(), dimensions)

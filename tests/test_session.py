@@ -1,5 +1,7 @@
 """The session core's behaviour suite, run on every transport: `local` (a real shell under a real PTY on
-this host: no LXC, no root) and `lxc-attach` into the busybox and bash test containers.
+this host: no LXC, no root), `lxc-attach` into the busybox and bash test containers, and `ssh` (lxc-attach
+on another host through one ControlMaster link: the network-namespace host's busybox container, and the bash
+container through sshd on loopback; see tests/sshhost.py).
 
 The same session, cell machine, interrupt/resync, stderr channel and input detection everywhere; a
 transport either passes or the test says why not. Without LXC (or not as root) only the local ones run,
@@ -16,9 +18,11 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+import sshhost
 
 from lxc_kernel.attach import AttachOptions, LxcAttachTransport
 from lxc_kernel.session import RunHooks, ShellSession
+from lxc_kernel.ssh import SshTransport
 from lxc_kernel.transport import LocalTransport, Transport
 
 SHELLS = {"bash": ["bash", "--noprofile", "--norc", "--noediting"], "ash": ["busybox", "sh"]}
@@ -29,6 +33,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
+    if kind in sshhost.HOSTS:
+        if host_pids:
+            pytest.skip("over ssh the host cannot see the container's processes (they are on the other host)")
+        return sshhost.transport(kind)
     if kind in SHELLS:
         return LocalTransport(SHELLS[kind], **({} if host_pids is None else {"host_pids": host_pids}))
     from conftest import ensure_test_containers
@@ -40,7 +48,10 @@ def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
     return transport
 
 
-KINDS = [k for k in SHELLS if shutil.which(SHELLS[k][0])] + (list(CONTAINERS) if LXC else [])
+SSH_MISSING = sshhost.missing()
+SSH_KINDS = [pytest.param(k, marks=pytest.mark.skipif(SSH_MISSING is not None, reason=SSH_MISSING or ""))
+             for k in sshhost.HOSTS]
+KINDS = [k for k in SHELLS if shutil.which(SHELLS[k][0])] + (list(CONTAINERS) if LXC else []) + SSH_KINDS
 
 
 @pytest.fixture(params=KINDS)
@@ -114,10 +125,27 @@ def _reader_procs(session: ShellSession) -> list[psutil.Process]:
     return psutil.Process(reader).children(recursive=True) or [psutil.Process(reader)]
 
 
+def kill_reader(session: ShellSession) -> None:
+    """Kill the stderr reader where the container's processes can: its `cat` inside the container (over
+    ssh the host only has the client, and a killed client leaves the remote `cat` reading for a moment)."""
+    kind = next((k for k, (target, _) in sshhost.HOSTS.items()
+                 if isinstance(session.transport, SshTransport) and str(session.transport.link.target) == target),
+                None)
+    if kind is None:
+        for proc in _reader_procs(session):
+            proc.kill()
+        return
+    err = f"{session.info.session_dir}/err"  # type: ignore[union-attr]
+    deadline = time.monotonic() + 15  # the reader starts a moment after the shell answers
+    while not (cats := [pid for pid, _, cmd in sshhost.processes_inside(kind) if cmd.strip() == f"cat {err}"]):
+        assert time.monotonic() < deadline, "no stderr reader inside"
+        time.sleep(0.05)
+    sshhost.inside(kind, f"kill -9 {' '.join(map(str, cats))}")
+
+
 def test_killed_stderr_reader_is_replaced_without_spinning(session: ShellSession) -> None:
     """Killing the reader made the kernel spin at 100% CPU and lose stderr."""
-    for proc in _reader_procs(session):
-        proc.kill()
+    kill_reader(session)
     time.sleep(0.2)
     me = psutil.Process()
     cpu0 = sum(me.cpu_times()[:2])
@@ -128,8 +156,7 @@ def test_killed_stderr_reader_is_replaced_without_spinning(session: ShellSession
 
 def test_stderr_flood_with_reader_replaced_does_not_block(session: ShellSession) -> None:
     """Killing only the reader's `cat` blocked a cell writing 200 KB to stderr until interrupted."""
-    for proc in _reader_procs(session):
-        proc.kill()
+    kill_reader(session)
     status, out, err, result = run(session, "head -c 200000 /dev/zero | tr '\\0' e >&2; echo done", timeout=20)
     assert status == 0 and out == "done\n" and not result.interrupted  # type: ignore[attr-defined]
     # A killed reader may take what it had already read with it; then the cell says so.
@@ -225,10 +252,17 @@ def test_close_ends_every_process(kind: str) -> None:
     s.start()
     s.run("sleep 300 & sleep 301 &", lambda *_: None)
     tree = [p for pid in s.pids for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
-    assert len(tree) >= 4
+    assert len(tree) >= (2 if kind in sshhost.HOSTS else 4)
+    shell = s.info.pid  # type: ignore[union-attr]
+    if kind in sshhost.HOSTS:  # the jobs are on the other host: look for them inside the container
+        assert {"sleep 300", "sleep 301"} <= {cmd.strip() for _, _, cmd in sshhost.processes_inside(kind)}
     s.close()
     _, alive = psutil.wait_procs(tree, timeout=3)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    if kind in sshhost.HOSTS:
+        left = [(pid, cmd) for pid, state, cmd in sshhost.processes_inside(kind)
+                if state != "Z" and (pid == shell or cmd.strip() in ("sleep 300", "sleep 301") or "lxck" in cmd)]
+        assert not left, left
 
 
 def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -> None:

@@ -548,6 +548,7 @@ def _lxc_create(host: Host, ns: argparse.Namespace, template_args: Sequence[str]
         validate_name(ns.template, "template name")
     if ct.exists():
         raise MagicFailed(f"container {ct.name!r} already exists (`%lxc info {ct.name}`)")
+    host.tools.require_own("%lxc create")  # templates and their config run as root
     t0 = time.monotonic()
     # The provisioning module knows how to make each kind work here (PTYs, cgroups, no network);
     # imported lazily so that a missing optional module can't break the magics that don't need it.
@@ -870,6 +871,9 @@ def _lxc_log(host: Host, ns: argparse.Namespace) -> None:
         _say(host, f"no log yet at {path}" + ("" if ns.level else
                                              f"; `%lxc log {ct.name} --level INFO` turns one on"))
         return
+    except PermissionError:
+        raise MagicFailed(f"{path} is not readable by this kernel's user: the containers' logs need host "
+                          "root (the kernel runs as a normal user)") from None
     _say(host, f"==> {path} (last {len(tail)} lines) <==\n" + "\n".join(tail))
 
 

@@ -245,8 +245,16 @@ class ShellSession:
             if chan is not None:
                 if chan.alive and self.info is not None and self.info.session_dir:
                     # Polite first: remove the session directory and leave. Bounded, then SIGKILL.
+                    # A host that cannot see the container's processes (a non-root kernel) cannot kill the
+                    # shell's jobs by PID below: the shell kills them itself.
+                    # (Through a file: busybox ash lists no jobs in a $(...) subshell.)
+                    listed = f"'{self.info.session_dir}/jobs'"
+                    jobs = "" if self.transport.capabilities.host_pids else (
+                        f"\\command jobs -p >{listed} 2>/dev/null; "
+                        f"\\command kill -KILL $(\\command cat {listed}) 2>/dev/null; ")
                     try:
-                        chan.write(f"\x15\\command rm -rf '{self.info.session_dir}'; \\exit 0\n".encode(), timeout=0.2)
+                        chan.write(f"\x15{jobs}\\command rm -rf '{self.info.session_dir}'; \\exit 0\n".encode(),
+                                   timeout=0.2)
                     except OSError:
                         pass
                     chan.wait(0.3)

@@ -299,9 +299,23 @@ def process_tree(pid: int) -> list[psutil.Process]:
 def kill_tree(processes: Sequence[psutil.Process], sig: int = signal.SIGKILL) -> None:
     for proc in processes:
         try:
-            proc.send_signal(sig)
+            proc.send_signal(signal_for(proc, sig))
         except (psutil.Error, PermissionError):
             pass
+
+
+def signal_for(proc: psutil.Process, sig: int) -> int:
+    """SIGTERM instead of SIGKILL for a set-uid process of ours (sudo, when the kernel is not root): sudo
+    passes TERM on to the root lxc-attach it runs, which this user cannot signal, while a SIGKILLed sudo
+    leaves that lxc-attach and what runs under it behind (measured: the stderr reader stayed)."""
+    euid = os.geteuid()
+    if sig != signal.SIGKILL or euid == 0:
+        return sig
+    try:
+        uids = proc.uids()
+    except psutil.Error:
+        return sig
+    return signal.SIGTERM if uids.real == euid and uids.effective != euid else sig
 
 
 def wait_gone(processes: Sequence[psutil.Process], timeout: float) -> None:

@@ -236,6 +236,44 @@ def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
         s.close()
 
 
+class Secrets(Prompts):
+    """Records whether each detected prompt reads a secret (echo off, as `read -s` sets it)."""
+
+    def __init__(self, session: ShellSession) -> None:
+        super().__init__(session)
+        self.modes: list[bool] = []
+
+    def idle(self) -> None:
+        waiter = self.session.find_waiter()
+        if waiter is not None:
+            self.modes.append(None if waiter.lflag is None else waiter.password or waiter.password_echo_off)
+            self.session.send_input(b"alice\n")
+
+
+@pytest.mark.parametrize("host_pids", [True, False], ids=["host-proc", "inside-probe"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_silent_read_is_a_secret_host_and_inside(kind: str, host_pids: bool) -> None:
+    """`read -s` turns echo off: seen from the host's /proc and from inside (where a cell's stdin is
+    /dev/tty, which the probe cannot reopen: the modes come from the same terminal on fd 1), except in an
+    unprivileged container, where the probe may not open that terminal at all."""
+    s = ShellSession(make_transport(kind, host_pids))
+    s.start()
+    try:
+        hooks = Secrets(s)
+        r = s.run("read -s -p 'PW: ' pw; echo; echo ${#pw}", lambda st, t: None, stdin=True, hooks=hooks)
+        assert r.status == 0 and hooks.modes
+        if hooks.modes[0] is None:
+            # Only in an unprivileged container: its shell's terminal is a host pty that container root may
+            # not open, so the probe cannot read the modes (cellio then goes by the prompt's words).
+            assert not host_pids
+            _, uid_map = s.query("cat /proc/self/uid_map")
+            assert uid_map.split()[:3] != ["0", "0", "4294967295"], "modes unreadable in a privileged container"
+        else:
+            assert hooks.modes[0] is True
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_close_ends_every_process(kind: str) -> None:
     transport = make_transport(kind)

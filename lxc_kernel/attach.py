@@ -211,5 +211,5 @@ class LxcAttachTransport(Transport):
     def spawn_env(self) -> dict[str, str]:
         return self.options.spawn_env()
 
-    def shell_host_pid(self, channel: PtyChannel) -> int | None:
+    def shell_host_pid(self, channel: PtyChannel, shell_pid: int | None = None) -> int | None:
         return child_pid(channel.pid) if self.capabilities.host_pids else None

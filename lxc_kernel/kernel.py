@@ -92,6 +92,12 @@ class LXCKernel(Kernel):
         # Only in a kernel process (the app exists before it builds its kernel): an LXCKernel built in a
         # test or a tool would get a watchdog of its host process.
         self._watchdog = watchdog.start() if IPKernelApp.initialized() else None
+        if IPKernelApp.initialized() and os.geteuid() != 0 and not self.sudo:
+            # A normal user's own containers: the processes that run lxc-attach must be inside the user's
+            # delegated cgroups, or attached shells land outside the container's (no limits, no freeze).
+            from .delegate import enter
+
+            self._outside_cgroups = enter()
         if self.ephemeral:
             self._cleanup_ephemeral_orphans()
 
@@ -197,6 +203,18 @@ class LXCKernel(Kernel):
         try:
             session.start(timeout=self.startup_timeout)
             self._install_helpers(session)
+        except LxcKernelError as exc:
+            session.close()
+            if outside := getattr(self, "_outside_cgroups", None):
+                # Measured: lxc-attach fails with "Failed to move process into target cgroup" when the
+                # kernel is outside its user's delegated cgroup2 subtree; only root can move it in.
+                raise ConfigError(
+                    f"this kernel is outside its user's delegated cgroups in {', '.join(outside)}, so lxc-attach "
+                    "cannot move the shell into the container's cgroup. Root starts Jupyter inside them: "
+                    "`python3 -m lxc_kernel.delegate USER --run -- jupyter lab` (after `python3 -m "
+                    f"lxc_kernel.delegate USER` at boot). The attach said: {exc}"
+                ) from exc
+            raise
         except BaseException:
             session.close()  # whatever went wrong, the new shell is ours to end
             raise
@@ -210,7 +228,33 @@ class LXCKernel(Kernel):
         if not quiet:
             for warning in options.warnings:
                 self._stream("stderr", f"warning: {warning}\n")
+            self._say_non_root(session)
         return session
+
+    def _say_non_root(self, session: ShellSession) -> None:
+        """Once per kernel: what a kernel run by a normal user does differently, instead of failing silently."""
+        if getattr(self, "_said_non_root", False) or session.transport.capabilities.host_pids:
+            return
+        self._said_non_root = True
+        import pwd
+
+        how = "through the sudo helper" if self.sudo else "with its own containers"
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        text = (f"[lxc-kernel: this kernel runs as {user}, not root ({how}). It cannot read the "
+                "container shell's /proc on the host, so input prompts are detected from inside the container "
+                "(where the terminal's modes cannot be read there, as in unprivileged containers, a prompt is "
+                "a password prompt when its words say so: password, passphrase, secret, token, PIN), "
+                "and two host-side checks are off: a process in the container that takes the shell's typed line, "
+                "and a stopped stderr reader.")
+        if self.sudo:
+            text += (" Creating containers, `%lxc config set`, `%lxc log` and snapshot comments need host root; "
+                     "the watchdog of a killed kernel ends its root lxc-attach processes through sudo (SIGTERM), "
+                     "but cannot end the shell's background jobs in the container.")
+        elif getattr(self, "_outside_cgroups", None):
+            text += (f" It is outside its user's delegated cgroups ({', '.join(self._outside_cgroups)}): "
+                     "freeze and limits of its containers may fail (root runs `python3 -m lxc_kernel.delegate "
+                     "USER`, and starts Jupyter with `python3 -m lxc_kernel.delegate USER --run -- jupyter lab`).")
+        self._stream("stderr", text + "]\n")
 
     def close_session(self) -> None:
         session, self.shell_session = self.shell_session, None

@@ -68,10 +68,27 @@ class State(enum.Enum):
     MISSING = "MISSING"
 
 
+# The root-owned helper that a sudoers rule allows (sudo_helper.py, installed by `python -m lxc_kernel.sudo
+# grant`): a rule on the raw lxc-* tools would make the user root (lxc-start -s lxc.hook.pre-start=... ran a
+# hook as host root; lxc-info -o FILE appended to a root-only file).
+SUDO_HELPER = "/usr/local/libexec/lxc-kernel/lxck-sudo"
+
+
+def sudo_hint(stderr: str) -> str:
+    """What to do when sudo refused to run the helper: ``sudo -n`` fails at once instead of prompting."""
+    if "password is required" in stderr or "may not run sudo" in stderr or "not allowed to execute" in stderr:
+        import pwd
+
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return (f" (sudo has no rule that lets {user} run {SUDO_HELPER} without a password: root "
+                f"grants one with `python3 -m lxc_kernel.sudo grant {user} --containers NAME`)")
+    return ""
+
+
 @dataclass(frozen=True)
 class Tools:
-    """How to invoke the lxc-* tools: which lxcpath, whether through ``sudo -n``, and on which host (``remote``:
-    an ssh link, through which every call runs on the remote host)."""
+    """How to invoke the lxc-* tools: which lxcpath, whether through the sudo helper, and on which host
+    (``remote``: an ssh link, through which every call runs on the remote host)."""
 
     lxcpath: str | None = None
     sudo: bool = False
@@ -84,14 +101,31 @@ class Tools:
 
     def local_argv(self, tool: str, *args: str, log: bool = True) -> list[str]:
         """The argv on the host that runs LXC (this one, or the remote one)."""
-        argv = ["sudo", "-n", "--"] if self.sudo else []
-        argv.append(tool)
+        if self.sudo:
+            # The helper fixes the lxcpath and the log target itself and refuses -P, -o and -l from us.
+            if self.lxcpath:
+                raise ConfigError("lxcpath cannot be set with sudo: the sudo helper uses the system's lxcpath")
+            return ["sudo", "-n", SUDO_HELPER, tool, *args]
+        argv = [tool]
         if self.lxcpath:
             argv += ["-P", validate_path(self.lxcpath, "lxcpath")]
         if log:
             # Many lxc-* tools exit 1 with no message unless given a log target (measured, LXC 5.0.2).
             argv += ["-l", "ERROR", "-o", "/dev/stderr"]
         return argv + list(args)
+
+    def require_own(self, what: str) -> None:
+        """Raise a clear ConfigError for what the sudo helper does not allow: it needs host root."""
+        if self.sudo:
+            raise ConfigError(
+                f"{what} needs host root, and this kernel reaches the containers through the sudo helper, "
+                "which allows only attach, info, list, start, stop, freeze, unfreeze, cgroup limits, snapshots, "
+                "copies and destroy: ask root to do it (or run a root kernel)"
+            )
+
+    def log_args(self, path: str) -> list[str]:
+        """``-l ERROR -o PATH`` for a daemonizing tool; nothing through sudo (the helper logs and reports)."""
+        return [] if self.sudo else ["-l", "ERROR", "-o", path]
 
     def run(
         self,
@@ -122,9 +156,7 @@ class Tools:
         if self.remote is not None and proc.returncode == 255 and self.remote.lost():
             raise self.remote.down_error(f"{tool} could not run", 255, proc.stderr)
         if check and proc.returncode != 0:
-            stderr = proc.stderr
-            if self.sudo and "password is required" in stderr:
-                stderr += " (sudo -n needs a NOPASSWD rule for the lxc-* tools)"
+            stderr = proc.stderr.rstrip() + sudo_hint(proc.stderr) if self.sudo else proc.stderr
             raise LxcCommandError(argv, proc.returncode, stderr or proc.stdout)
         return proc
 
@@ -156,7 +188,8 @@ class Container:
         if proc.returncode != 0:
             if "doesn't exist" in proc.stderr or "does not exist" in proc.stderr or not proc.stderr.strip():
                 return State.MISSING
-            raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name), proc.returncode, proc.stderr)
+            said = proc.stderr.rstrip() + sudo_hint(proc.stderr) if self.tools.sudo else proc.stderr
+            raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name), proc.returncode, said)
         try:
             return State(proc.stdout.strip())
         except ValueError:
@@ -214,7 +247,8 @@ class Container:
     def start(self, timeout: float = 10.0) -> State:
         # `lxc-start -d` daemonizes with its log file still open, so `-o /dev/stderr` kept our stderr
         # pipe open until the container stopped and subprocess.run hung: log to a file, read it back.
-        configured = self._configured_log_file()
+        # Through sudo the helper sets the log target (and the kernel may not read the config).
+        configured = "" if self.tools.sudo else self._configured_log_file()
         if configured:
             # `-o` would override the container's own lxc.log.file (measured), and `%lxc log` reads that.
             offset = os.path.getsize(configured) if os.path.exists(configured) else 0
@@ -226,7 +260,7 @@ class Container:
                                       said or proc.stderr)
             return self.wait(State.RUNNING, timeout)
         with tempfile.NamedTemporaryFile("r", prefix="lxck-start-", suffix=".log") as log:
-            args = ["-n", self.name, "-d", "-l", "ERROR", "-o", log.name]
+            args = ["-n", self.name, "-d", *self.tools.log_args(log.name)]
             proc = self.tools.run("lxc-start", *args, timeout=timeout + 5, check=False, log=False)
             if proc.returncode != 0:
                 argv = self.tools.argv("lxc-start", *args, log=False)
@@ -317,6 +351,7 @@ class Container:
         """
         validate_config_key(key)
         validate_config_value(value)
+        self.tools.require_own("writing a container's config file")
         path = self.config_path()
         try:
             with open(path) as fh:
@@ -359,6 +394,8 @@ class Container:
         """Take a snapshot (the container must be STOPPED: lxc-snapshot fails otherwise); return its name."""
         before = {s.name for s in self.snapshots()}
         if comment:
+            # lxc-snapshot -c reads the comment file as root: the helper refuses it.
+            self.tools.require_own("a snapshot comment")
             with tempfile.NamedTemporaryFile("w", prefix="lxck-comment-", suffix=".txt") as fh:
                 fh.write(comment + "\n")
                 fh.flush()
@@ -402,7 +439,7 @@ class Container:
         # lxc-copy -e starts the copy daemonized, which keeps a /dev/stderr log target open (and our pipe
         # with it) for the container's lifetime, as lxc-start -d does: log to a file and read it back.
         with tempfile.NamedTemporaryFile("r", prefix="lxck-copy-", suffix=".log") as log:
-            args += ["-l", "ERROR", "-o", log.name]
+            args += self.tools.log_args(log.name)
             proc = self.tools.run("lxc-copy", *args, timeout=timeout + 5, check=False, log=False)
             if proc.returncode != 0:
                 raise LxcCommandError(self.tools.argv("lxc-copy", *args, log=False), proc.returncode,

@@ -433,10 +433,14 @@ OPTIONS: tuple[Option, ...] = (
         attach=Attach("PATH|default", "where the containers live (lxc-* -P)", resets=("default",)),
     ),
     Option(
-        "sudo", Kind.BOOL, False, "run `lxc-*` through `sudo -n`, for a kernel started by a non-root user",
+        "sudo", Kind.BOOL, False,
+        "run `lxc-*` through `sudo -n` and the root-owned helper that validates every argument "
+        "(`python3 -m lxc_kernel.sudo grant` installs it), for a kernel started by a non-root user; "
+        "see *Security model*",
         flag="--sudo", shown=True,
-        attach=Attach("on|off", "run lxc-* through `sudo -n`, for a kernel that is not run\n"
-                      "by root; without a NOPASSWD rule it fails with a clear\nerror, never a password prompt"),
+        attach=Attach("on|off", "run lxc-* through `sudo -n` and the lxc-kernel helper, for a\n"
+                      "kernel that is not run by root; without a rule it fails with\n"
+                      "a clear error, never a password prompt"),
     ),
     Option(
         "colors", Kind.BOOL, False,

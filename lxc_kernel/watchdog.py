@@ -154,12 +154,18 @@ class Tracker:
             with contextlib.suppress(psutil.Error):
                 for child in proc.children(recursive=True):
                     victims.setdefault(child.pid, child)
+        from .transport import signal_for
+
         for proc in victims.values():
-            # psutil checks the start time before signalling: a PID reused since is never hit.
+            # psutil checks the start time before signalling: a PID reused since is never hit. A sudo of a
+            # non-root kernel gets SIGTERM, which it passes on to the root lxc-attach this user cannot signal.
             with contextlib.suppress(psutil.Error, PermissionError):
-                proc.send_signal(signal.SIGKILL)
+                proc.send_signal(signal_for(proc, signal.SIGKILL))
         with contextlib.suppress(psutil.Error):
-            psutil.wait_procs(list(victims.values()), timeout=grace)
+            _, alive = psutil.wait_procs(list(victims.values()), timeout=grace)
+            for proc in alive:
+                with contextlib.suppress(psutil.Error, PermissionError):
+                    proc.send_signal(signal.SIGKILL)
         return len(victims)
 
 

@@ -1,7 +1,8 @@
 """The session core's behaviour suite, run on every transport: `local` (a real shell under a real PTY on
 this host: no LXC, no root), `lxc-attach` into the busybox and bash test containers, and `ssh` (lxc-attach
 on another host through one ControlMaster link: the network-namespace host's busybox container, and the bash
-container through sshd on loopback; see tests/sshhost.py).
+container through sshd on loopback; see tests/sshhost.py), and `incus exec`/LXD's `lxc exec` into busybox and
+bash instances: local, on a second cluster member, and through a TLS remote (see tests/incus_support.py).
 
 The same session, cell machine, interrupt/resync, stderr channel and input detection everywhere; a
 transport either passes or the test says why not. Without LXC (or not as root) only the local ones run,
@@ -16,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 
+import incus_support
 import psutil
 import pytest
 import sshhost
@@ -39,6 +41,13 @@ def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
         return sshhost.transport(kind)
     if kind in SHELLS:
         return LocalTransport(SHELLS[kind], **({} if host_pids is None else {"host_pids": host_pids}))
+    if kind in incus_support.TARGETS:
+        transport: Transport = incus_support.transport(kind)
+        if host_pids is not None:
+            if host_pids and not transport.capabilities.host_pids:
+                pytest.skip(f"{kind}: the host cannot see this instance's processes")
+            transport.capabilities = dataclasses.replace(transport.capabilities, host_pids=host_pids)
+        return transport
     from conftest import ensure_test_containers
 
     ensure_test_containers()
@@ -52,6 +61,13 @@ SSH_MISSING = sshhost.missing()
 SSH_KINDS = [pytest.param(k, marks=pytest.mark.skipif(SSH_MISSING is not None, reason=SSH_MISSING or ""))
              for k in sshhost.HOSTS]
 KINDS = [k for k in SHELLS if shutil.which(SHELLS[k][0])] + (list(CONTAINERS) if LXC else []) + SSH_KINDS
+KINDS += list(incus_support.TARGETS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _incus_instances() -> Iterator[None]:
+    yield
+    incus_support.cleanup()
 
 
 @pytest.fixture(params=KINDS)
@@ -204,6 +220,9 @@ def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
     """Where the host cannot see the shell (ssh, sudo), the same detection runs inside the container."""
     s = ShellSession(make_transport(kind, host_pids))
     s.start()
+    if host_pids and not s.shell_host_pid:
+        s.close()
+        pytest.skip(f"{kind}: the shell runs on another cluster member, whose processes the host cannot see")
     try:
         hooks = Prompts(s)
         out: list[str] = []
@@ -217,23 +236,73 @@ def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
         s.close()
 
 
+class Secrets(Prompts):
+    """Records whether each detected prompt reads a secret (echo off, as `read -s` sets it)."""
+
+    def __init__(self, session: ShellSession) -> None:
+        super().__init__(session)
+        self.modes: list[bool] = []
+
+    def idle(self) -> None:
+        waiter = self.session.find_waiter()
+        if waiter is not None:
+            self.modes.append(None if waiter.lflag is None else waiter.password or waiter.password_echo_off)
+            self.session.send_input(b"alice\n")
+
+
+@pytest.mark.parametrize("host_pids", [True, False], ids=["host-proc", "inside-probe"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_silent_read_is_a_secret_host_and_inside(kind: str, host_pids: bool) -> None:
+    """`read -s` turns echo off: seen from the host's /proc and from inside (where a cell's stdin is
+    /dev/tty, which the probe cannot reopen: the modes come from the same terminal on fd 1), except in an
+    unprivileged container, where the probe may not open that terminal at all."""
+    s = ShellSession(make_transport(kind, host_pids))
+    s.start()
+    try:
+        hooks = Secrets(s)
+        r = s.run("read -s -p 'PW: ' pw; echo; echo ${#pw}", lambda st, t: None, stdin=True, hooks=hooks)
+        assert r.status == 0 and hooks.modes
+        if hooks.modes[0] is None:
+            # Only in an unprivileged container: its shell's terminal is a host pty that container root may
+            # not open, so the probe cannot read the modes (cellio then goes by the prompt's words).
+            assert not host_pids
+            _, uid_map = s.query("cat /proc/self/uid_map")
+            assert uid_map.split()[:3] != ["0", "0", "4294967295"], "modes unreadable in a privileged container"
+        else:
+            assert hooks.modes[0] is True
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_close_ends_every_process(kind: str) -> None:
-    s = ShellSession(make_transport(kind))
+    transport = make_transport(kind)
+    s = ShellSession(transport)
     s.start()
     s.run("sleep 300 & sleep 301 &", lambda *_: None)
     tree = [p for pid in s.pids for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
-    assert len(tree) >= (2 if kind in sshhost.HOSTS else 4)
     shell = s.info.pid  # type: ignore[union-attr]
-    if kind in sshhost.HOSTS:  # the jobs are on the other host: look for them inside the container
+    ssh = kind in sshhost.HOSTS
+    in_instance = not ssh and not transport.capabilities.shell_is_descendant
+    if ssh:  # the jobs are on the other host: look for them inside the container
+        assert len(tree) >= 2
         assert {"sleep 300", "sleep 301"} <= {cmd.strip() for _, _, cmd in sshhost.processes_inside(kind)}
+    elif in_instance:
+        # incus exec: the shell's host parent is the daemon, not the client; check the instance itself.
+        assert len(tree) >= 2 and "sleep 301" in " ".join(incus_support.processes(kind))
+    else:
+        assert len(tree) >= 4
     s.close()
     _, alive = psutil.wait_procs(tree, timeout=3)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-    if kind in sshhost.HOSTS:
+    if ssh:
         left = [(pid, cmd) for pid, state, cmd in sshhost.processes_inside(kind)
                 if state != "Z" and (pid == shell or cmd.strip() in ("sleep 300", "sleep 301") or "lxck" in cmd)]
         assert not left, left
+    if in_instance:
+        # Nothing but the instance's init: no shell, no job, no stderr reader.
+        left2 = [cmd for cmd in incus_support.processes(kind) if cmd not in ("init", "/sbin/init")]
+        assert not left2, left2
 
 
 def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -> None:
@@ -245,3 +314,17 @@ def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -
         session.query("trap '' INT; sleep 3", timeout=0.3)
     assert session.alive
     assert run(session, "echo $kept")[1] == "yes\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_overlong_typed_line_fails_at_once(kind: str) -> None:
+    """busybox ash (after `stty -echo`) waited forever for a typed line over 4095 bytes, on lxc-attach and
+    incus exec alike: a setup line that long is refused before it is typed, and the shell is closed."""
+    from lxc_kernel.errors import LxcKernelError
+
+    s = ShellSession(make_transport(kind), setup=["x=" + "y" * 5000])
+    started = time.monotonic()
+    with pytest.raises(LxcKernelError, match="cannot be typed"):
+        s.start()
+    assert time.monotonic() - started < 8
+    assert not s.alive

@@ -185,6 +185,7 @@ class ClassicBackend(Backend):
         from .. import provision
 
         self._host_files("create")
+        self.tools.require_own("%lxc create")  # templates and their config run as root
         ct = self._ct(name)
         if source.startswith("/"):
             validate_path(source, "template")
@@ -206,6 +207,7 @@ class ClassicBackend(Backend):
         from .. import provision
 
         self._host_files("create_missing")
+        self.tools.require_own(f"creating the missing container {name}")
         if source not in KINDS:
             raise ConfigError(f"unknown kind {source!r}: the lxc backend creates {', '.join(KINDS)}")
         done = provision.provision(self.validate_name(name), source, start=start, tools=self.tools)
@@ -349,6 +351,9 @@ class ClassicBackend(Backend):
         except FileNotFoundError:
             missing = f"no log yet at {path}" + ("" if level else f"; `%lxc log {ct.name} --level INFO` turns one on")
             return path, [], (note + "\n" + missing).strip()
+        except PermissionError:
+            raise ConfigError(f"{path} is not readable by this kernel's user: the containers' logs need host "
+                              "root (the kernel runs as a normal user)") from None
         return path, tail, note
 
     # -- the way in --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Each backend gets its own base container (``lxck-t9b-*``, busybox), made here and destroyed at the end;
 another container per test exercises what changes a container. On Incus, an operation it lacks must say
-"... not supported by incus" and change nothing. Cells and files need Incus's exec transport as well.
+"... not supported by incus" (or lxd) and change nothing. LXD runs beside Incus where .ci/setup-lxd made it.
 """
 
 from __future__ import annotations
@@ -27,24 +27,28 @@ RUN = f"lxck-t9b-{secrets.token_hex(2)}-"
 INCUS_IMAGE = "lxck-busybox"
 
 
-def incus_reason() -> str | None:
-    """Why the Incus backend cannot be tested here, or None."""
-    if shutil.which("incus") is None:
-        return "Incus is not installed (.ci/setup-incus installs it)"
+CLIENTS = {"incus": "incus", "lxd": "lxc"}
+
+
+def daemon_reason(kind: str) -> str | None:
+    """Why the Incus (or LXD) backend cannot be tested here, or None."""
+    client = CLIENTS[kind]
+    if shutil.which(client) is None or (kind == "lxd" and shutil.which("lxd") is None):
+        return f"{kind} is not installed (.ci/setup-{kind} installs it)"
     try:
-        res = subprocess.run(["incus", "query", f"/1.0/images/aliases/{INCUS_IMAGE}"], capture_output=True,
+        res = subprocess.run([client, "query", f"/1.0/images/aliases/{INCUS_IMAGE}"], capture_output=True,
                              text=True, timeout=20)
     except subprocess.TimeoutExpired:
-        return "the Incus daemon does not answer"
+        return f"the {kind} daemon does not answer"
     if res.returncode != 0:
-        return f"the Incus daemon or its image {INCUS_IMAGE} is not there: {res.stderr.strip()}"
+        return f"the {kind} daemon or its image {INCUS_IMAGE} is not there: {res.stderr.strip()}"
     return None
 
 
-def exec_reason() -> str | None:
+def exec_reason(kind: str = "incus") -> str | None:
     if importlib.util.find_spec("lxc_kernel.exec_transport") is None:
         return "this build has no Incus exec transport (lxc_kernel/exec_transport.py)"
-    return incus_reason()
+    return daemon_reason(kind)
 
 
 @dataclass
@@ -59,26 +63,27 @@ class Backend:
         if self.kind == "lxc":
             provision(name, "busybox", start=True)
         else:
-            subprocess.run(["incus", "launch", INCUS_IMAGE, name], check=True, capture_output=True, timeout=120)
+            subprocess.run([CLIENTS[self.kind], "launch", INCUS_IMAGE, name], check=True, capture_output=True,
+                           timeout=120)
 
     def destroy(self, name: str) -> None:
         assert name.startswith("lxck-t9b-")
         if self.kind == "lxc":
             destroy_container(name)
         else:
-            make("incus").destroy(name, snapshots=True)
+            make(self.kind).destroy(name, snapshots=True)
 
     def state(self, name: str) -> State:
         return make(self.kind).state(name)
 
 
-@pytest.fixture(scope="module", params=["lxc", "incus"])
+@pytest.fixture(scope="module", params=["lxc", "incus", "lxd"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind = request.param
-    if kind == "incus" and (reason := incus_reason()):
+    if kind != "lxc" and (reason := daemon_reason(kind)):
         pytest.skip(reason)
     b = (Backend("lxc", RUN + "base", "busybox", "lxc.start.delay", "3") if kind == "lxc"
-         else Backend("incus", RUN + "base", INCUS_IMAGE, "user.lxck-test", "yes"))
+         else Backend(kind, RUN + "base", INCUS_IMAGE, "user.lxck-test", "yes"))
     b.make_container(b.base)
     yield b
     b.destroy(b.base)
@@ -193,42 +198,43 @@ def test_use_moves_between_containers(kernel: Kernel, backend: Backend, other: s
 
 
 def test_a_remote_name_on_incus(kernel: Kernel, backend: Backend) -> None:
-    if backend.kind != "incus":
+    if backend.kind == "lxc":
         pytest.skip("remotes are an Incus/LXD notion")
-    remotes = subprocess.run(["incus", "remote", "list", "--format", "json"], capture_output=True, text=True,
+    remotes = subprocess.run([CLIENTS[backend.kind], "remote", "list", "--format", "json"], capture_output=True,
+                             text=True,
                              timeout=20)
-    names = [name for name, r in json.loads(remotes.stdout or "{}").items() if r.get("Protocol") == "incus"
+    names = [name for name, r in json.loads(remotes.stdout or "{}").items() if r.get("Protocol") in ("incus", "lxd")
              and name != "local" and r.get("Addr", "").startswith("https://127.")]
     if not names:
-        pytest.skip("no TLS remote to this daemon (.ci/setup-incus adds R)")
+        pytest.skip(f"no TLS remote to the {backend.kind} daemon (.ci/setup-incus adds R to Incus only)")
     remote = names[0]
     r = ok(kernel, f"%lxc status {remote}:{backend.base}")
     assert f"container {remote}:{backend.base}: RUNNING" in r.stream()
 
 
 UNSUPPORTED_ON_INCUS = [
-    ("%lxc clone {base} {other} --snapshot", "overlay clones (--snapshot) is not supported by incus"),
-    ("%lxc snapshot {base} --comment first", "snapshot --comment is not supported by incus"),
-    ("%lxc log --level INFO", "log --level is not supported by incus"),
-    ("%lxc create {other} -t lxck-busybox --apparmor unconfined", "--apparmor is not supported by incus"),
-    ("%lxc create {other} -t lxck-busybox -- --release x", "template arguments (`-- ARGS`) is not supported by incus"),
+    ("%lxc clone {base} {other} --snapshot", "overlay clones (--snapshot) is not supported by {kind}"),
+    ("%lxc snapshot {base} --comment first", "snapshot --comment is not supported by {kind}"),
+    ("%lxc log --level INFO", "log --level is not supported by {kind}"),
+    ("%lxc create {other} -t lxck-busybox --apparmor unconfined", "--apparmor is not supported by {kind}"),
+    ("%lxc create {other} -t lxck-busybox -- --release x", "template arguments (`-- ARGS`) is not supported by {kind}"),
 ]
 
 
 @pytest.mark.parametrize(("line", "message"), UNSUPPORTED_ON_INCUS)
-def test_what_incus_lacks_says_so_and_changes_nothing(kernel: Kernel, backend: Backend, other: str, line: str,
+def test_what_incus_and_lxd_lack_says_so_and_changes_nothing(kernel: Kernel, backend: Backend, other: str, line: str,
                                                       message: str) -> None:
-    if backend.kind != "incus":
+    if backend.kind == "lxc":
         pytest.skip("the classic backend has every %lxc operation")
-    before = make("incus").snapshots(backend.base)
+    before = make(backend.kind).snapshots(backend.base)
     evalue = fails(kernel, line.format(base=backend.base, other=other))
-    assert message in evalue
+    assert message.format(kind=backend.kind) in evalue
     assert backend.state(other) is State.MISSING
-    assert make("incus").snapshots(backend.base) == before
+    assert make(backend.kind).snapshots(backend.base) == before
 
 
 def test_cells_files_and_reset(kernel: Kernel, backend: Backend, tmp_path: object) -> None:
-    if backend.kind == "incus" and (reason := exec_reason()):
+    if backend.kind != "lxc" and (reason := exec_reason(backend.kind)):
         pytest.skip(reason)
     r = ok(kernel, "echo hi; hostname")
     assert r.stream().split() == ["hi", backend.base]
@@ -238,7 +244,7 @@ def test_cells_files_and_reset(kernel: Kernel, backend: Backend, tmp_path: objec
 
 @pytest.mark.timeout(300)
 def test_files_and_users(kernel: Kernel, backend: Backend, tmp_path: object) -> None:
-    if backend.kind == "incus" and (reason := exec_reason()):
+    if backend.kind != "lxc" and (reason := exec_reason(backend.kind)):
         pytest.skip(reason)
     import os
 
@@ -261,7 +267,7 @@ def test_files_and_users(kernel: Kernel, backend: Backend, tmp_path: object) -> 
 
 
 def test_fanout_on_the_backend(kernel: Kernel, backend: Backend) -> None:
-    if backend.kind == "incus" and (reason := exec_reason()):
+    if backend.kind != "lxc" and (reason := exec_reason(backend.kind)):
         pytest.skip(reason)
     # A name and a glob over the backend's list naming the same container: one target.
     r = ok(kernel, f"%%on {backend.base} {RUN}ba* --interleave\nhostname")
@@ -271,7 +277,7 @@ def test_fanout_on_the_backend(kernel: Kernel, backend: Backend) -> None:
 @pytest.mark.timeout(300)
 def test_ephemeral_kernel(backend: Backend) -> None:
     """Each kernel in its own throwaway copy of the base (lxc-copy -e / incus copy --ephemeral), gone at shutdown."""
-    if backend.kind == "incus" and (reason := exec_reason()):
+    if backend.kind != "lxc" and (reason := exec_reason(backend.kind)):
         pytest.skip(reason)
     k = start_kernel(backend.base, f"--LXCKernel.backend={backend.kind}", f"--LXCKernel.ephemeral={backend.base}")
     try:
@@ -287,10 +293,10 @@ def test_ephemeral_kernel(backend: Backend) -> None:
 @pytest.mark.timeout(300)
 def test_create_missing_and_start_stopped(backend: Backend, other: str) -> None:
     """The zero-setup options: a missing container is made (a kind on lxc, an image on incus) and started."""
-    if backend.kind == "incus" and (reason := exec_reason()):
+    if backend.kind != "lxc" and (reason := exec_reason(backend.kind)):
         pytest.skip(reason)
     extra = ["--LXCKernel.create_missing=busybox"]
-    if backend.kind == "incus":
+    if backend.kind != "lxc":
         extra.append(f"--LXCKernel.image={INCUS_IMAGE}")
     k = start_kernel(other, f"--LXCKernel.backend={backend.kind}", *extra)
     try:
@@ -308,7 +314,7 @@ def test_create_missing_and_start_stopped(backend: Backend, other: str) -> None:
 def test_the_watchdog_removes_the_copy_of_a_killed_kernel(backend: Backend) -> None:
     """The lock file records the backend, so the watchdog of a SIGKILLed kernel removes its copy wherever
     it lives (here: an Incus instance as well as a classic container)."""
-    if backend.kind == "incus" and (reason := exec_reason()):
+    if backend.kind != "lxc" and (reason := exec_reason(backend.kind)):
         pytest.skip(reason)
     k = start_kernel(backend.base, f"--LXCKernel.backend={backend.kind}", f"--LXCKernel.ephemeral={backend.base}")
     try:
@@ -325,7 +331,7 @@ def test_the_watchdog_removes_the_copy_of_a_killed_kernel(backend: Backend) -> N
 def test_limits_and_snapshots_act_inside(backend: Backend, other: str) -> None:
     """What the magics set is what the container lives with: a live memory limit kills a larger
     allocation, and a restored snapshot brings a removed file back."""
-    if backend.kind == "incus" and (reason := exec_reason()):
+    if backend.kind != "lxc" and (reason := exec_reason(backend.kind)):
         pytest.skip(reason)
     backend.make_container(other)
     k = start_kernel(other, f"--LXCKernel.backend={backend.kind}")

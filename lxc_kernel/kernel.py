@@ -233,7 +233,9 @@ class LXCKernel(Kernel):
 
     def _say_non_root(self, session: ShellSession) -> None:
         """Once per kernel: what a kernel run by a normal user does differently, instead of failing silently."""
-        if getattr(self, "_said_non_root", False) or session.transport.capabilities.host_pids:
+        # A root kernel whose transport hides the shell's processes (ssh, a remote or another cluster member)
+        # is not a normal user's kernel: nothing to say.
+        if getattr(self, "_said_non_root", False) or session.transport.capabilities.host_pids or os.geteuid() == 0:
             return
         self._said_non_root = True
         import pwd

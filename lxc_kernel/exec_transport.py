@@ -118,6 +118,20 @@ class ExecChannel(PtyChannel):
         super().close()
 
 
+def implicit_project(client: str, remote: str | None = None) -> str | None:
+    """The project the client picks by itself for a user served by incus-user: ``user-UID`` when the
+    root socket is not writable and the user socket is there. `exec` and `list` add it; `query` does
+    not (measured, Incus 6.0.4: "User does not have permissions for project default"), so whoever runs
+    `query` adds it."""
+    if remote is not None or client != "incus":
+        return None
+    var_dir = os.environ.get("INCUS_DIR") or CLIENTS["incus"][2]
+    root_socket = os.environ.get("INCUS_SOCKET") or os.path.join(var_dir, "unix.socket")
+    if os.access(root_socket, os.W_OK) or not os.path.exists(os.path.join(var_dir, "unix.socket.user")):
+        return None
+    return f"user-{os.getuid()}"
+
+
 class ExecTransport(Transport):
     """``incus exec`` / ``lxc exec``: ``-t`` for the shell, ``-T`` for pipe helpers.
 
@@ -350,16 +364,7 @@ class ExecTransport(Transport):
         return [self.client, "query", f"{self.remote}:{path}" if self.remote else path]
 
     def _user_project(self) -> str | None:
-        """The project the client picks by itself for a user served by incus-user: ``user-UID`` when the
-        root socket is not writable and the user socket is there. `exec` and `list` add it; `query` does
-        not (measured, Incus 6.0.4: "User does not have permissions for project default")."""
-        if self.remote is not None or self.client != "incus":
-            return None
-        var_dir = os.environ.get("INCUS_DIR") or CLIENTS["incus"][2]
-        root_socket = os.environ.get("INCUS_SOCKET") or os.path.join(var_dir, "unix.socket")
-        if os.access(root_socket, os.W_OK) or not os.path.exists(os.path.join(var_dir, "unix.socket.user")):
-            return None
-        return f"user-{os.getuid()}"
+        return implicit_project(self.client, self.remote)
 
     def _locate(self, location: str) -> _Where:
         """The address of the cluster member that runs the instance, if the daemon is clustered and that

@@ -8,11 +8,15 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import incus_support
+import nbformat
+import psutil
 import pytest
 
 pytestmark = pytest.mark.timeout(180)
@@ -43,11 +47,11 @@ s.close()
 """
 
 
-def as_user(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def as_user(*argv: str, timeout: float = 120, env: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     home = pwd.getpwnam(USER).pw_dir
     return subprocess.run(
         ["setpriv", f"--reuid={USER}", f"--regid={pwd.getpwnam(USER).pw_gid}", "--init-groups", "--",
-         "env", "-i", f"HOME={home}", "PATH=/usr/local/bin:/usr/bin:/bin", f"PYTHONPATH={REPO}", *argv],
+         "env", "-i", f"HOME={home}", "PATH=/usr/local/bin:/usr/bin:/bin", f"PYTHONPATH={REPO}", *env, *argv],
         capture_output=True, text=True, timeout=timeout, cwd="/",
     )
 
@@ -85,6 +89,87 @@ def test_non_root_user_through_incus_user(user_instance: str) -> None:
                               '{ tr "\\0" " " < "$f"; echo; }; done 2>/dev/null')
     left = [line.strip() for line in res.stdout.splitlines() if line.strip() not in ("", "init", "/sbin/init")]
     assert not left, left
+
+
+# -- a notebook through nbclient, as the user ------------------------------------------------------------
+
+# Run by the user's interpreter: execute a notebook with nbclient, save it (also when a cell fails), and let a
+# failing cell fail the run, as a CI job would.
+NBCLIENT = r"""
+import sys
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+path, kernel_name, out = sys.argv[1:4]
+nb = nbformat.read(path, as_version=4)
+try:
+    NotebookClient(nb, kernel_name=kernel_name, timeout=60, startup_timeout=60).execute()
+finally:
+    nbformat.write(nb, out)
+"""
+
+CELLS = [
+    "echo $((6*7)); echo to-stderr >&2",
+    "%lxc status",
+    "cd /tmp && lxck_x=5",
+    'echo "x=$lxck_x in $PWD as $(id -u)"',
+]
+
+
+def _notebook(path: str, cells: list[str]) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "lxck-t9f-user", "display_name": "lxck-t9f-user", "language": "bash"}
+    nbformat.write(nb, path)
+
+
+def _texts(path: str) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return ["".join(o.get("text", "") or o.get("evalue", "") for o in c.get("outputs", [])) for c in nb.cells]
+
+
+def _kernels_of_user() -> list[str]:
+    uid = pwd.getpwnam(USER).pw_uid
+    return [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["uids", "cmdline"])
+            if p.info["uids"] and p.info["uids"].real == uid]
+
+
+def test_non_root_user_runs_a_notebook_through_nbclient(user_instance: str) -> None:
+    """The user installs a kernelspec (--backend incus, the instance in its own project) and runs notebooks with
+    nbclient: outputs, ``%lxc status``, state kept between cells; a failing cell fails the run; nothing is left."""
+    home = tempfile.mkdtemp(prefix="lxck-t9f-user-")
+    try:
+        os.chown(home, pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid)
+        os.chmod(home, 0o700)
+        env = (f"JUPYTER_PATH={home}/share/jupyter", f"JUPYTER_RUNTIME_DIR={home}/runtime",
+               f"JUPYTER_DATA_DIR={home}/data", f"JUPYTER_CONFIG_DIR={home}/config")
+        res = as_user(PYTHON, "-m", "lxc_kernel.install", "--prefix", home, "--name", "lxck-t9f-user",
+                      "--backend", "incus", "--container", NAME, env=env)
+        assert res.returncode == 0, res.stderr
+        with open(f"{home}/share/jupyter/kernels/lxck-t9f-user/kernel.json") as fh:
+            assert json.load(fh)["argv"][0] == PYTHON
+        good, bad = f"{home}/good.ipynb", f"{home}/bad.ipynb"
+        _notebook(good, CELLS)
+        _notebook(bad, [*CELLS[:1], "echo before; false", "echo not-reached"])
+        for path in (good, bad):
+            os.chown(path, pwd.getpwnam(USER).pw_uid, -1)
+
+        res = as_user(PYTHON, "-c", NBCLIENT, good, "lxck-t9f-user", good, env=env, timeout=150)
+        assert res.returncode == 0, res.stderr[-3000:]
+        texts = _texts(good)
+        # The first cell carries the kernel's one-time notice that it is not root (input detection inside).
+        assert texts[0].endswith("42\nto-stderr\n") and f"runs as {USER}, not root" in texts[0], texts
+        assert f"container {NAME}: RUNNING" in texts[1], texts
+        assert texts[3] == "x=5 in /tmp as 0\n", texts
+
+        res = as_user(PYTHON, "-c", NBCLIENT, bad, "lxck-t9f-user", bad, env=env, timeout=150)
+        assert res.returncode != 0 and "CellExecutionError" in res.stderr, (res.returncode, res.stderr[-3000:])
+        texts = _texts(bad)
+        assert texts[0].endswith("42\nto-stderr\n") and "before" in texts[1] and texts[2] == "", texts
+        left = [c for c in _kernels_of_user() if "lxc_kernel" in c or "incus" in c]
+        assert not left, left
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

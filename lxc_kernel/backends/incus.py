@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bounded import MiB, run_bounded
 from ..errors import ConfigError, ContainerNotReady, LxcCommandError, LxcNotInstalled
+from ..exec_transport import implicit_project
 from ..lxc import ContainerInfo, Snapshot, State, validate_config_value
 from ..spawn import TOOL_ENV
 from .base import Backend, Created, LimitResult
@@ -229,7 +230,8 @@ class IncusBackend(Backend):
 
     def _api(self, ref: InstanceRef, path: str = "", query: str = "") -> str:
         """The ``incus query`` argument for an instance endpoint, with the project as a parameter."""
-        params = [p for p in (query, f"project={self.project}" if self.project else "") if p]
+        project = self.project or implicit_project(self.client, ref.remote)
+        params = [p for p in (query, f"project={project}" if project else "") if p]
         url = f"/1.0/instances/{ref.name}{path}" + ("?" + "&".join(params) if params else "")
         return f"{ref.remote}:{url}" if ref.remote else url
 

@@ -1,9 +1,11 @@
-"""The jupyter_kernel_test conformance suite, against the busybox and the bash container."""
+"""The jupyter_kernel_test conformance suite, against the busybox and the bash container (lxc-attach), and over
+every other way in (frontend_ways: Incus here, on the other cluster member, through the TLS remote, LXD, ssh)."""
 
 from __future__ import annotations
 
 import unittest
 
+import frontend_ways
 import jupyter_kernel_test as jkt
 import pytest
 from conftest import install_test_kernelspecs
@@ -54,4 +56,34 @@ class TestBashConformance(_LxcKernelTests):
     kernel_name = "lxck-test-bash"
 
 
-del _LxcKernelTests  # keep pytest from collecting the abstract base
+class _OverAWay(_LxcKernelTests):
+    """The same suite, with a kernelspec installed for one way in and its own instance (made and deleted here)."""
+
+    way = ""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if not cls.way:
+            raise unittest.SkipTest("abstract base")
+        if reason := frontend_ways.missing(cls.way):
+            raise unittest.SkipTest(reason)
+        cls.kernel_name = frontend_ways.prepare(cls.way)
+        try:
+            super().setUpClass()
+        except BaseException:
+            frontend_ways.cleanup(cls.way)
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        try:
+            super().tearDownClass()
+        finally:
+            frontend_ways.cleanup(cls.way)
+
+
+for _way in frontend_ways.WAYS:
+    _name = "TestConformance_" + _way.replace("-", "_")
+    globals()[_name] = type(_name, (_OverAWay,), {"way": _way, "kernel_name": "", "__module__": __name__})
+
+del _LxcKernelTests, _OverAWay  # keep pytest from collecting the abstract bases

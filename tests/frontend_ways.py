@@ -1,0 +1,103 @@
+"""The ways into a container the frontend tests run over: Incus here, on the other cluster member, through the
+TLS remote, LXD, and classic LXC over ssh. Each gets its own instance (``lxck-t9f-*``, made by the test module
+that uses it and deleted at its end) and a kernelspec written by the install CLI beside the test specs.
+
+`.ci/setup-incus`, `.ci/setup-lxd` and `.ci/setup-ssh` bring up what these need; without it a way is skipped,
+saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import incus_support
+import sshhost
+from conftest import install_test_kernelspecs
+
+PREFIX = "lxck-t9f-"
+
+
+@dataclass(frozen=True)
+class Way:
+    """How a kernel reaches its container: the backend, the container it names, and the instance behind it."""
+
+    backend: str  # incus | lxd | lxc
+    container: str  # as the kernelspec names it: [REMOTE:]NAME
+    image: str = ""  # the instance to launch (empty: the container belongs to someone else's setup)
+    member: str | None = None  # --target at launch
+    client: str = "incus"
+    extra: tuple[str, ...] = ()
+
+    @property
+    def instance(self) -> str:
+        return self.container.split(":", 1)[-1]
+
+
+WAYS = {
+    # Incus on this host's member m1 (explicit placement: the cluster otherwise picks a member itself).
+    "incus": Way("incus", PREFIX + "local", "lxck-busybox", member="m1"),
+    # On the second member m2, reached through m1's socket (the default one).
+    "incus-m2": Way("incus", PREFIX + "m2", "lxck-bash", member="m2"),
+    # The same cluster over HTTPS, the TLS remote R.
+    "incus-R": Way("incus", "R:" + PREFIX + "r", "lxck-busybox", member="m1"),
+    # LXD 5.0.2 beside Incus, through its client `lxc`.
+    "lxd": Way("lxd", PREFIX + "lxd", "lxck-bash", client="lxc"),
+    # Classic LXC on the network-namespace host, over ssh; its busybox container belongs to .ci/setup-ssh.
+    "ssh": Way("lxc", sshhost.HOSTS["ssh-ns"][1],
+               extra=("--ssh", sshhost.HOSTS["ssh-ns"][0], *(f"--ssh-option={o}" for o in sshhost.options()))),
+}
+
+
+def spec_name(way: str) -> str:
+    return PREFIX + way.lower()
+
+
+def missing(way: str) -> str | None:
+    """Why ``way`` cannot be tested here, or None."""
+    w = WAYS[way]
+    if w.backend == "lxc":
+        return sshhost.missing()
+    reason = incus_support.not_ready_reason() if w.client == "incus" else incus_support.lxd_not_ready_reason()
+    if reason or ":" not in w.container:
+        return reason
+    remotes = subprocess.run(["incus", "remote", "list", "--format", "json"], capture_output=True, text=True,
+                             timeout=20)
+    remote = w.container.split(":", 1)[0]
+    if remote not in json.loads(remotes.stdout or "{}"):
+        return f"no Incus remote {remote}: run .ci/setup-incus"
+    return None
+
+
+def _client(w: Way, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([w.client, *args], capture_output=True, text=True, timeout=120)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{w.client} {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def prepare(way: str) -> str:
+    """Launch the way's instance (fresh) and install its kernelspec; the spec's name."""
+    w = WAYS[way]
+    if w.image:
+        assert w.instance.startswith(PREFIX)
+        _client(w, "delete", "--force", w.instance, check=False)
+        _client(w, "launch", w.image, w.instance, *(["--target", w.member] if w.member else []))
+    elif w.backend == "lxc":
+        sshhost.start_remote(w.container)
+    specs = install_test_kernelspecs()
+    prefix = os.path.dirname(os.path.dirname(specs))
+    subprocess.run([sys.executable, "-m", "lxc_kernel.install", "--prefix", prefix, "--name", spec_name(way),
+                    "--backend", w.backend, "--container", w.container, *w.extra],
+                   check=True, capture_output=True, timeout=60)
+    return spec_name(way)
+
+
+def cleanup(way: str) -> None:
+    w = WAYS[way]
+    if w.image:
+        assert w.instance.startswith(PREFIX)
+        _client(w, "delete", "--force", w.instance, check=False)

@@ -1,11 +1,14 @@
-"""The notebooks in notebooks/, executed the way batch users run them: nbclient and nbconvert."""
+"""The notebooks in notebooks/, executed the way batch users run them: nbclient and nbconvert; the quickstart
+also over every other way in (frontend_ways: Incus here, on the other cluster member, the TLS remote, LXD, ssh)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import frontend_ways
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -22,8 +25,27 @@ def _outputs(nb: nbformat.NotebookNode, kind: str = "stream") -> str:
     )
 
 
+@pytest.fixture(scope="module", params=list(frontend_ways.WAYS))
+def way_spec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A kernelspec over one way in, with its own instance for this module."""
+    if reason := frontend_ways.missing(request.param):
+        pytest.skip(reason)
+    try:
+        yield frontend_ways.prepare(request.param)
+    finally:
+        frontend_ways.cleanup(request.param)
+
+
+def test_quickstart_runs_over_each_way(way_spec: str) -> None:
+    run_quickstart(way_spec)
+
+
 @pytest.mark.parametrize("kernel_name", ["lxck-test-sh", "lxck-test-bash"])
 def test_quickstart_runs_in_nbclient(jupyter_path: str, kernel_name: str) -> None:
+    run_quickstart(kernel_name)
+
+
+def run_quickstart(kernel_name: str) -> None:
     nb = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4)
     NotebookClient(nb, kernel_name=kernel_name, timeout=60).execute()
     text = _outputs(nb)

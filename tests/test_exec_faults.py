@@ -3,14 +3,15 @@ the instance stopped, frozen or deleted mid-cell, the daemon killed, the cluster
 killed, and shutdown leaving nothing behind (no client on the host, no job in the instance, checked inside).
 
 Only the second member (m2) is ever killed, never m1 on the default socket that other users of the machine
-talk to; "the local daemon" is m2 reached through its own socket (INCUS_DIR). Every killed daemon is
-started again by `.ci/setup-incus up`, by the PIDs it recorded.
+talk to; "the local daemon" is m2 reached through its own socket (INCUS_DIR), and LXD's one daemon. Every
+killed daemon is started again by `.ci/setup-incus up` (`.ci/setup-lxd up`), by the PIDs they recorded.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -205,3 +206,40 @@ def test_local_daemon_killed_ends_the_cell(on_m2: str, monkeypatch: pytest.Monke
     assert isinstance(error, (ShellExited, ContainerNotReady)), error
     assert after < 10, after
     assert_nothing_left(s, pids, None)
+
+
+SETUP_LXD = os.path.join(os.path.dirname(incus_support.SETUP), "setup-lxd")
+
+
+@pytest.fixture
+def on_lxd() -> Iterator[Instance]:
+    """An LXD instance; the LXD daemon is started again after the test (by .ci/setup-lxd), whatever happened."""
+    name = incus_support.launch(f"{incus_support.PREFIX}f-lxdd", "lxck-busybox", client="lxc")
+    try:
+        yield Instance(name, "lxc")
+    finally:
+        subprocess.run([SETUP_LXD, "up"], check=True, capture_output=True, timeout=300)
+        incus_support.delete(name, "lxc")
+
+
+def test_local_lxd_daemon_killed_ends_the_cell(on_lxd: Instance) -> None:
+    """SIGKILL of the LXD daemon (by the PID .ci/setup-lxd recorded) during a cell: the cell ends with an
+    error within 10 s, nothing the session started is left on the host, and once the daemon is back (the
+    instance keeps running: its monitor is not the daemon) a new session works and the old shell is gone."""
+    s = start(on_lxd)
+    pids = s.pids
+    error, after, out = run_during(s, "echo before; sleep 60",
+                                   lambda: os.kill(incus_support.recorded_pid("lxd"), signal.SIGKILL))
+    assert isinstance(error, (ShellExited, ContainerNotReady)), error
+    assert after < 10, after
+    assert "before" in out
+    assert_nothing_left(s, pids, None)
+    subprocess.run([SETUP_LXD, "up"], check=True, capture_output=True, timeout=300)
+    s2 = start(on_lxd)
+    try:
+        got: list[str] = []
+        assert s2.run("echo $((6*7))", lambda _, text: got.append(text)).status == 0 and "".join(got) == "42\n"
+    finally:
+        s2.close()
+    left = [cmd for cmd in on_lxd.processes() if cmd not in ("init", "/sbin/init")]
+    assert not left, left

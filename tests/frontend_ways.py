@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import incus_support
@@ -84,8 +85,18 @@ def prepare(way: str) -> str:
     w = WAYS[way]
     if w.image:
         assert w.instance.startswith(PREFIX)
-        _client(w, "delete", "--force", w.instance, check=False)
-        _client(w, "launch", w.image, w.instance, *(["--target", w.member] if w.member else []))
+        launch = ["launch", w.image, w.instance, *(["--target", w.member] if w.member else [])]
+        deadline = time.monotonic() + 60
+        while True:
+            _client(w, "delete", "--force", w.instance, check=False)
+            res = _client(w, *launch, check=False)
+            # A member restarted moments ago (by a fault test) fails launches for a few seconds after it
+            # answers ("Server isn't ready yet", or a client panic on the missing event connection, Incus
+            # 6.0.4), and may leave a record behind: delete it and try again.
+            if res.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert res.returncode == 0, f"{w.client} {' '.join(launch)} exited {res.returncode}: {res.stderr.strip()}"
     elif w.backend == "lxc":
         sshhost.start_remote(w.container)
     specs = install_test_kernelspecs()

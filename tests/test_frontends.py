@@ -1,12 +1,15 @@
 """Frontend features through jupyter_client, on busybox ash and GNU bash: completion, inspection,
-is_complete, interactive input, rich display, the output budget."""
+is_complete, interactive input, rich display, the output budget; input, interrupt, display and the budget
+also over every other way in (frontend_ways)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import frontend_ways
 import pytest
 from conftest import Kernel
 
@@ -441,3 +444,36 @@ def test_ash_prompt_keeps_echo_off_with_stdin_allowed(kernel: Kernel) -> None:
             assert r.status == "ok"
 
 
+
+
+# -- over every other way in ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=list(frontend_ways.WAYS))
+def way_kernel(request: pytest.FixtureRequest) -> Iterator[Kernel]:
+    """A kernel over one way in (Incus here, on m2, through R, LXD, ssh), with its own instance for this module."""
+    if reason := frontend_ways.missing(request.param):
+        pytest.skip(reason)
+    try:
+        k = Kernel(frontend_ways.prepare(request.param))
+        yield k
+        k.shutdown()
+    finally:
+        frontend_ways.cleanup(request.param)
+
+
+# Input detection runs inside the container on every way but a local lxc-attach or Incus/LXD instance of a
+# root kernel, display frames and the budget read what the transport delivers: the same checks, each way.
+OVER_EACH_WAY = [
+    test_read_prompts_and_gets_the_reply,
+    test_silent_read_is_a_password_prompt,
+    test_interrupt_while_waiting_for_input,
+    test_display_helper_shows_images_html_markdown_json,
+    test_output_budget_keeps_head_and_tail_and_saves_the_rest,
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("check", OVER_EACH_WAY, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_over_each_way(way_kernel: Kernel, check: Callable[[Kernel], None]) -> None:
+    check(way_kernel)

@@ -240,7 +240,8 @@ class LXCKernel(Kernel):
         self._said_non_root = True
         import pwd
 
-        how = "through the sudo helper" if self.sudo else "with its own containers"
+        how = ("through the sudo helper" if self.sudo
+               else f"through the {self.backend} daemon" if self.backend != "lxc" else "with its own containers")
         user = pwd.getpwuid(os.geteuid()).pw_name
         text = (f"[lxc-kernel: this kernel runs as {user}, not root ({how}). It cannot read the "
                 "container shell's /proc on the host, so input prompts are detected from inside the container "

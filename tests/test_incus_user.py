@@ -159,6 +159,7 @@ def test_non_root_user_runs_a_notebook_through_nbclient(user_instance: str) -> N
         texts = _texts(good)
         # The first cell carries the kernel's one-time notice that it is not root (input detection inside).
         assert texts[0].endswith("42\nto-stderr\n") and f"runs as {USER}, not root" in texts[0], texts
+        assert "through the incus daemon" in texts[0], texts
         assert f"container {NAME}: RUNNING" in texts[1], texts
         assert texts[3] == "x=5 in /tmp as 0\n", texts
 

@@ -67,11 +67,11 @@ class _OverAWay(_LxcKernelTests):
             raise unittest.SkipTest("abstract base")
         if reason := frontend_ways.missing(cls.way):
             raise unittest.SkipTest(reason)
-        cls.kernel_name = frontend_ways.prepare(cls.way)
+        cls.kernel_name = frontend_ways.prepare(cls.way, "c")
         try:
             super().setUpClass()
         except BaseException:
-            frontend_ways.cleanup(cls.way)
+            frontend_ways.cleanup(cls.way, "c")
             raise
 
     @classmethod
@@ -79,7 +79,7 @@ class _OverAWay(_LxcKernelTests):
         try:
             super().tearDownClass()
         finally:
-            frontend_ways.cleanup(cls.way)
+            frontend_ways.cleanup(cls.way, "c")
 
 
 for _way in frontend_ways.WAYS:

@@ -455,11 +455,11 @@ def way_kernel(request: pytest.FixtureRequest) -> Iterator[Kernel]:
     if reason := frontend_ways.missing(request.param):
         pytest.skip(reason)
     try:
-        k = Kernel(frontend_ways.prepare(request.param))
+        k = Kernel(frontend_ways.prepare(request.param, "f"))
         yield k
         k.shutdown()
     finally:
-        frontend_ways.cleanup(request.param)
+        frontend_ways.cleanup(request.param, "f")
 
 
 # Input detection runs inside the container on every way but a local lxc-attach or Incus/LXD instance of a

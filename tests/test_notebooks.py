@@ -31,9 +31,9 @@ def way_spec(request: pytest.FixtureRequest) -> Iterator[str]:
     if reason := frontend_ways.missing(request.param):
         pytest.skip(reason)
     try:
-        yield frontend_ways.prepare(request.param)
+        yield frontend_ways.prepare(request.param, "n")
     finally:
-        frontend_ways.cleanup(request.param)
+        frontend_ways.cleanup(request.param, "n")
 
 
 def test_quickstart_runs_over_each_way(way_spec: str) -> None:

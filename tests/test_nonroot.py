@@ -5,7 +5,8 @@
   outside the allow-list, the raw-tool escalations the helper refuses, a group grant, a user with no rule,
   a notebook run by nbclient as the user);
 - with its own unprivileged containers: the kernel runs as ``lxck-uown`` inside its delegated cgroups
-  (cells, freeze/unfreeze, a memory limit through ``%lxc``, the shell inside the container's cgroup).
+  (cells, freeze/unfreeze, a memory limit through ``%lxc``, the shell inside the container's cgroup, a notebook
+  run by nbclient as the user).
 
 The kernels are started as the user by the kernelspec's argv (``setpriv``, or the delegate launcher), and
 driven by jupyter_client from this (root) process. The users' Python is the venv that ``.ci/setup-users``
@@ -76,11 +77,12 @@ def as_user(user: str, *argv: str, env: dict[str, str] | None = None, timeout: f
     return subprocess.run(full, capture_output=True, text=True, timeout=timeout, cwd="/", input=input)
 
 
-def as_owner(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def as_owner(*argv: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``argv`` as lxck-uown inside its delegated cgroups (the launcher a root Jupyter uses)."""
     entry = pwd.getpwnam(OWN_USER)
     full = [sys.executable, "-m", "lxc_kernel.delegate", OWN_USER, "--run", "--", "env", "-i",
-            f"HOME={entry.pw_dir}", "PATH=/usr/local/bin:/usr/bin:/bin", *argv]
+            f"HOME={entry.pw_dir}", "PATH=/usr/local/bin:/usr/bin:/bin",
+            *[f"{k}={v}" for k, v in (env or {}).items()], *argv]
     return subprocess.run(full, capture_output=True, text=True, timeout=timeout, cwd="/",
                           env={**os.environ, "PYTHONPATH": REPO})
 
@@ -414,6 +416,55 @@ def test_notebook_through_nbclient_as_the_user(sudo_containers: tuple[str, str])
         start, double, status = r.stdout.strip().split("|")
         assert start.endswith("start\n") and double == "6\n0\n"
         assert f"container {sudo_containers[0]}: RUNNING" in status
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+NOTEBOOK_SCRIPT = (
+    "import nbformat, nbclient, sys\n"
+    "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sys.argv[2:]])\n"
+    "try:\n"
+    "    nbclient.NotebookClient(nb, kernel_name=sys.argv[1], timeout=60).execute()\n"
+    "except nbclient.exceptions.CellExecutionError as e:\n"
+    "    print('FAILED:', str(e).strip().splitlines()[-1], file=sys.stderr)\n"
+    "    failed = True\n"
+    "else:\n"
+    "    failed = False\n"
+    "print('|'.join(''.join(o.get('text', '') for o in c.outputs) for c in nb.cells))\n"
+    "sys.exit(3 if failed else 0)\n"
+)
+
+
+@pytest.mark.timeout(240)
+def test_notebook_through_nbclient_in_own_container(own_container: str) -> None:
+    """lxck-uown installs a spec for its own container and runs a notebook with nbclient inside its delegated
+    cgroups (the launcher a root step hands it): cells with output, %lxc status, freeze/unfreeze, a memory
+    limit, and a failing cell that fails the run and stops it."""
+    entry = pwd.getpwnam(OWN_USER)
+    work = tempfile.mkdtemp(prefix="lxck-t8n-nb-")
+    os.chown(work, entry.pw_uid, entry.pw_gid)
+    env = {"PYTHONPATH": REPO, "LANG": "C.UTF-8", "JUPYTER_PATH": f"{work}/prefix/share/jupyter",
+           "JUPYTER_RUNTIME_DIR": f"{work}/runtime"}
+    try:
+        r = as_owner(VENV_PYTHON, "-m", "lxc_kernel.install", "--prefix", f"{work}/prefix", "--name", "lxc-own",
+                     "--container", own_container, env=env)
+        assert r.returncode == 0, r.stderr
+        cells = ["n=3; echo start", "echo $((n * 2)); id -u", "%lxc status", "%lxc freeze", "%lxc unfreeze",
+                 "echo thawed", "%lxc limit memory 64M", "%lxc limit memory off", "echo $n; false",
+                 "echo not-reached"]
+        r = as_owner(VENV_PYTHON, "-c", NOTEBOOK_SCRIPT, "lxc-own", *cells, env=env, timeout=180)
+        assert r.returncode == 3, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])  # the failing cell failed it
+        assert "FAILED:" in r.stderr and "ExitStatus" in r.stderr, r.stderr[-3000:]
+        outs = r.stdout.strip("\n").split("|")
+        assert len(outs) == len(cells), outs
+        start, double, status, frozen, thawed_state, thawed, limit, unlimited, failing, after = outs
+        assert start.endswith("start\n") and double == "6\n0\n"  # the same shell, root inside
+        assert f"container {own_container}: RUNNING" in status
+        assert "FROZEN" in frozen and "RUNNING" in thawed_state and thawed == "thawed\n"
+        assert "memory.limit_in_bytes = 67108864" in limit, limit
+        assert unlimited.startswith(f"{own_container}: memory") and "67108864" not in unlimited, unlimited
+        assert failing.startswith("3\n")
+        assert after == ""  # the run stopped at the failing cell
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

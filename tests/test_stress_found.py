@@ -1,0 +1,44 @@
+"""Failures that benches/stress.py found, each kept as a regression test on a real container (with its seed)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from conftest import Kernel, start_kernel
+
+from lxc_kernel.provision import destroy_container, ensure_container
+
+TOOL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+
+
+@pytest.fixture(scope="module")
+def oom_box() -> Iterator[str]:
+    """A busybox container of its own with a 64 MB memory limit (hybrid cgroups v1 here)."""
+    name = "lxck-t10-oomtest"
+    ensure_container(name, "busybox")
+    subprocess.run(["lxc-cgroup", "-n", name, "memory.limit_in_bytes", "64M"], check=True, env=TOOL_ENV,
+                   capture_output=True, timeout=60)
+    try:
+        yield name
+    finally:
+        destroy_container(name)
+
+
+@pytest.mark.timeout(180)
+def test_oom_killed_shell_is_named(oom_box: str) -> None:
+    """stress.py --seed 3 --part faults (oom): the OOM killer ending the shell was reported only as "the shell
+    exited with 137". The error must say what 137 means, and the next cell gets a working shell."""
+    k: Kernel = start_kernel(oom_box)
+    try:
+        assert k.execute("kept=yes").status == "ok"
+        # The shell keeps the command substitution's output: it is the biggest process of the container.
+        r = k.execute("x=$(head -c 300000000 /dev/zero | tr '\\0' x); echo survived", timeout=120)
+        assert r.status == "error", r.reply["content"]
+        evalue = r.reply["content"]["evalue"]
+        assert "SIGKILL" in evalue and "out-of-memory" in evalue, evalue
+        r = k.execute('echo "next ${kept:-fresh}"', timeout=60)
+        assert r.status == "ok" and r.stream() == "next fresh\n", r.reply["content"]
+    finally:
+        k.shutdown()

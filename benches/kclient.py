@@ -229,8 +229,8 @@ class Kernel:
                 while (msg := _get(kc.stdin_channel)) is not None:
                     if msg["msg_type"] == "input_request":
                         if msg["parent_header"].get("msg_id") == msg_id:
+                            # Not progress: a kernel asking again and again is stuck, not busy.
                             cell.requests.append(msg["content"].get("prompt", ""))
-                            last = time.perf_counter()
                         else:
                             cell.foreign += 1
                         kc.input(answer)

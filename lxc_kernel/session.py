@@ -139,6 +139,10 @@ class ShellSession:
     def alive(self) -> bool:
         return self._chan is not None and self._chan.alive
 
+    def exit_status(self, wait: float = 0.5) -> int | None:
+        """How the shell ended (None while it runs or when unknown)."""
+        return self._chan.exit_status(wait) if self._chan is not None and not self._chan.alive else None
+
     @property
     def pid(self) -> int | None:
         """PID of the host process that carries the PTY (lxc-attach, or the local shell)."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 from conftest import Kernel, start_kernel
 
@@ -40,5 +44,35 @@ def test_oom_killed_shell_is_named(oom_box: str) -> None:
         assert "SIGKILL" in evalue and "out-of-memory" in evalue, evalue
         r = k.execute('echo "next ${kept:-fresh}"', timeout=60)
         assert r.status == "ok" and r.stream() == "next fresh\n", r.reply["content"]
+    finally:
+        k.shutdown()
+
+
+def _pty_child(k: Kernel) -> int:
+    """The kernel's child holding the shell's PTY on its stdin (the shell's lxc-attach), by PID."""
+    for child in psutil.Process(k.pid).children():
+        try:
+            if os.readlink(f"/proc/{child.pid}/fd/0").startswith("/dev/pts/"):
+                return child.pid
+        except OSError:
+            continue
+    raise AssertionError("no PTY child")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["sh", "bash"])
+def test_shell_killed_between_cells_is_said(containers: dict[str, str], kind: str) -> None:
+    """stress.py --seed 3 --part faults (kill_attach and oom, idle): a shell killed between cells was replaced
+    without a word, so the next cell ran without its variables and nobody said why."""
+    k = start_kernel(containers[kind])
+    try:
+        assert k.execute("kept=yes").status == "ok"
+        os.kill(_pty_child(k), signal.SIGKILL)
+        time.sleep(1.0)
+        r = k.execute('echo "${kept:-fresh}"', timeout=60)
+        assert r.status == "ok" and r.stream() == "fresh\n", r.reply["content"]
+        assert "between cells" in r.stream("stderr") and "SIGKILL" in r.stream("stderr"), r.stream("stderr")
+        r = k.execute("echo again", timeout=60)
+        assert r.status == "ok" and r.stream() == "again\n" and r.stream("stderr") == ""
     finally:
         k.shutdown()

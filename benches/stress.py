@@ -542,7 +542,7 @@ CAUSE = {
     "lxc_stop_k": ("STOPPED", "stopped", "does not exist", "not running", "MISSING"),
     "freeze": ("FROZEN", "frozen", "unfreeze"),
     "destroy": ("does not exist", "destroyed", "MISSING", "missing"),
-    "oom": ("memory", "OOM", "oom", "SIGKILL", "killed", "signal 9"),
+    "oom": ("out-of-memory", "OOM", "oom-kill"),
     "exit_with_job": ("exit",),
     "tmp_full": ("space", "/tmp", "full"),
 }
@@ -601,7 +601,7 @@ class FaultRun:
             init = self.lxc("lxc-info", "-n", self.copy, "-pH")
             self.rec["mount"] = self.lxc("nsenter", "-t", init, "-m", "--", "mount", "-t", "tmpfs", "-o",
                                          "size=2m,mode=1777", "tmpfs", "/tmp") or "ok"
-        first = self.k.run("true", timeout=60)
+        first = self.k.run("t10state=kept", timeout=60)
         self.rec["first_cell"] = first.status
         if self.fault == "oom":
             # Hybrid cgroups v1 here: the copy's memory cgroup gets a 64 MB limit; the shell is made the OOM
@@ -691,7 +691,9 @@ class FaultRun:
                     time.sleep(2.0)
                 elif self.fault != "kernel_sigkill":
                     time.sleep(1.0)
-                code = ": " + "x" * 3000 + "\necho probe" if self.fault == "tmp_full" else "echo probe"
+                code = 'echo "probe ${t10state:-lost}"'
+                if self.fault == "tmp_full":
+                    code = ": " + "x" * 3000 + "\n" + code
                 cell = k.run(code, timeout=45) if self.fault != "kernel_sigkill" else Cell(code)
             rec["reply"] = cell.status
             rec["reply_s"] = None if cell.seconds is None else round(cell.seconds, 3)
@@ -701,6 +703,9 @@ class FaultRun:
                                                            cell.status != "ok" else "", cell.stderr.strip()) if x), 300)
             if cell.status == "error" and self.fault in CAUSE:
                 rec["names_cause"] = any(w in message for w in CAUSE[self.fault])
+            if self.when == "idle" and cell.status == "ok" and "lost" in cell.stdout:
+                # The shell was replaced without a word: its state is gone and the user was not told.
+                rec["state_lost_silently"] = not cell.stderr.strip()
             self.recover()
             if self.fault == "kernel_sigkill":
                 rec["kernel_alive"] = k.alive()
@@ -779,6 +784,8 @@ def judge_fault(r: dict[str, Any]) -> list[str]:
         miss.append("next error does not name the cause")
     if r.get("names_cause") is False:
         miss.append("error does not name the cause")
+    if r.get("state_lost_silently"):
+        miss.append("state lost without a word")
     if r.get("left_processes") or r.get("left_containers"):
         miss.append("leftovers")
     return miss

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,10 @@ _UPLOAD = 'umask 077; cat > "$1"'
 
 class LineTaken(LxcKernelError):
     """Another reader of the shell's terminal kept taking the kernel's typed line."""
+
+
+class FramingLost(LxcKernelError):
+    """The shell went back to reading its next command line without printing the cell's end marker."""
 
 
 class UploadFailed(LxcKernelError):
@@ -118,6 +123,7 @@ class ShellSession:
         self.on_new_dir = on_new_dir
         self.info: Handshake | None = None
         self.shell_host_pid: int | None = None
+        self._prompt_ticks = 0  # health ticks that saw a running cell's shell back at its prompt
         self.notices: list[str] = []  # things the user should hear about once (stderr merged...)
         self._chan: PtyChannel | None = None
         self._reader: object | None = None  # subprocess.Popen of the stderr reader
@@ -323,6 +329,7 @@ class ShellSession:
             raise ShellExited(None, "the shell is not running")
         self._drain_wake()
         self._interrupt = False
+        self._prompt_ticks = 0
         token = new_token()
         err_token = new_token() if self._err_enabled else None
         stdin_null = self.stdin_null if stdin is None else not stdin
@@ -438,6 +445,8 @@ class ShellSession:
                     self._retype(cell, chan)
             elif cell.phase is Phase.SENT:
                 cell.idle_line_seen = 0
+            elif cell.phase is Phase.RUNNING:
+                self._check_running_shell(cell)
             if self._reader_stalled():
                 self._respawn_reader(cell)
             if self.health_check is not None:
@@ -458,6 +467,35 @@ class ShellSession:
             return False
         fds = input_detection.waiting_fds(pid)
         return bool(fds) and all(input_detection.own_line_read(pid, fd) for fd in fds)
+
+    def _check_running_shell(self, cell: CellRun) -> None:
+        """A silent running cell whose shell is stopped, or back at its prompt, would wait forever.
+
+        A stopped shell (``kill -STOP $$``: interactive shells ignore only SIGTSTP) is sent SIGCONT and the
+        user told. A shell that reads its own next line at two health ticks in a row (2 s, so an end marker
+        still in transit under load is not mistaken) has lost the cell's framing: the cell redirected the
+        shell's own stdout (``exec >/dev/null`` in ash), a signal cut the framing line short (``kill -INT
+        $$`` in ash), or the like. Its end marker will never come, so the cell fails and the shell, whose
+        stdout can no longer be trusted, is closed. Only the host's /proc can tell either."""
+        pid = self.shell_host_pid
+        if not pid:
+            return
+        if input_detection.process_state(pid) == "T":
+            os.kill(pid, signal.SIGCONT)
+            self.notices.append("the shell was stopped (SIGSTOP) while the cell ran; the kernel continued it")
+            return
+        if not self._shell_awaits_line():
+            self._prompt_ticks = 0
+            return
+        self._prompt_ticks += 1
+        if self._prompt_ticks >= 2:
+            self._prompt_ticks = 0
+            cell.stop(time.monotonic())
+            raise FramingLost(
+                "the shell went back to its prompt but the cell's end marker never came: the cell redirected "
+                "the shell's own stdout (`exec >/dev/null`, `exec 1>&-`) or a signal cut the kernel's framing "
+                "short (`kill -INT $$`). The shell was closed; the next cell starts a fresh one."
+            )
 
     def _retype(self, cell: CellRun, chan: PtyChannel) -> None:
         """Type the cell's line again; a thief has its two token halves, but without the session's

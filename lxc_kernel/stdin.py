@@ -177,6 +177,15 @@ def _read_mem(pid: int, address: int, size: int) -> bytes | None:
         return None
 
 
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc/PID/stat (``T`` stopped, ``t`` traced, ``S`` asleep...)."""
+    text = _read(f"/proc/{pid}/stat")
+    if not isinstance(text, str) or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0] if fields else None
+
+
 def waiting_fds(pid: int) -> list[int]:
     """Terminal fds that ``pid`` is blocked reading right now (empty if it isn't)."""
     text = _read(f"/proc/{pid}/syscall")

@@ -76,3 +76,36 @@ def test_shell_killed_between_cells_is_said(containers: dict[str, str], kind: st
         assert r.status == "ok" and r.stream() == "again\n" and r.stream("stderr") == ""
     finally:
         k.shutdown()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("code", ["exec >/dev/null", "exec 1>&-", "kill -INT $$"])
+def test_lost_framing_fails_the_cell(containers: dict[str, str], code: str) -> None:
+    """stress.py --seed 2 --part fuzz (busybox cells 114, 118, 130, 168): in ash these cells put the shell back
+    at its prompt without the cell's end marker, and the kernel waited forever. Now the cell fails within
+    seconds, naming what happened, and the next cell works in a fresh shell."""
+    k = start_kernel(containers["sh"])
+    try:
+        r = k.execute(code, timeout=60)
+        assert r.status == "error", r.reply["content"]
+        assert "end marker never came" in r.reply["content"]["evalue"]
+        r = k.execute("echo ok", timeout=60)
+        assert r.status == "ok" and r.stream() == "ok\n", r.reply["content"]
+    finally:
+        k.shutdown()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["sh", "bash"])
+def test_stopped_shell_is_continued(containers: dict[str, str], kind: str) -> None:
+    """stress.py --seed 2 --part fuzz (bash cell 8, `kill -STOP $$; umask 777`): a shell that stops itself
+    waited forever. The kernel continues it and says so; the cell and the shell's state go on."""
+    k = start_kernel(containers[kind])
+    try:
+        r = k.execute("v=kept; kill -STOP $$; echo \"cont $v\"", timeout=60)
+        assert r.status == "ok" and r.stream() == "cont kept\n", r.reply["content"]
+        assert "SIGSTOP" in r.stream("stderr")
+        r = k.execute('echo "ok $v"', timeout=60)
+        assert r.status == "ok" and r.stream() == "ok kept\n"
+    finally:
+        k.shutdown()

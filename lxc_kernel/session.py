@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import stdin as input_detection
 from .bounded import OutputTooLarge
@@ -123,6 +124,7 @@ class ShellSession:
         self.on_new_dir = on_new_dir
         self.info: Handshake | None = None
         self.shell_host_pid: int | None = None
+        self._termios: tuple[int, list[Any]] | None = None  # the shell's terminal after the handshake
         self._prompt_ticks = 0  # health ticks that saw a running cell's shell back at its prompt
         self.notices: list[str] = []  # things the user should hear about once (stderr merged...)
         self._chan: PtyChannel | None = None
@@ -178,6 +180,8 @@ class ShellSession:
                 out = self._exchange(frame_query(line, token), token, deadline)
                 if self._last_status:
                     raise ShellExited(None, f"session setup `{line}` failed: {out.decode(errors='replace').strip()}")
+            if self.shell_host_pid:
+                self._termios = input_detection.terminal_attrs(self.shell_host_pid)
             if self.separate_stderr and info.session_dir:
                 self._err_enabled = True
                 self._spawn_reader()
@@ -370,7 +374,21 @@ class ShellSession:
             self.close()
         elif result.repairs and self.alive:
             self._repair(result.repairs)
+        self._restore_terminal()
         return result
+
+    def _restore_terminal(self) -> None:
+        """A cell's `stty` (`erase x`, `-icanon`, `-isig`, `eof ^B`...) would garble or stall the kernel's next
+        typed line (seen: `stty erase x` ate the x of every framing word), so the terminal the shell reads is
+        put back as it was after the handshake. Only where the host sees the shell (/proc)."""
+        saved = self._termios
+        if saved is None or not self.shell_host_pid or not self.alive:
+            return
+        if input_detection.restore_terminal(self.shell_host_pid, saved):
+            self.notices.append(
+                "the cell changed the terminal settings (stty); they were put back, because the kernel types "
+                "every cell through that terminal"
+            )
 
     def _drive(self, cell: CellRun, hooks: RunHooks | None) -> None:
         """The select loop: forward bytes and ticks to ``cell``, carry out its actions."""

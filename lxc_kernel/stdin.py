@@ -206,6 +206,42 @@ def waiting_fds(pid: int) -> list[int]:
     return _tty_fds(pid, candidates)
 
 
+def terminal_attrs(pid: int) -> tuple[int, list[Any]] | None:
+    """The shell's terminal, from the host: which of its fds 0-2 it is, and its termios attributes."""
+    for fd in (0, 1, 2):
+        try:
+            tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            return fd, termios.tcgetattr(tty)
+        except termios.error:
+            continue
+        finally:
+            os.close(tty)
+    return None
+
+
+def restore_terminal(pid: int, saved: tuple[int, list[Any]]) -> bool:
+    """Put the terminal of ``pid`` back to ``saved`` (from :func:`terminal_attrs`) if a cell changed its
+    modes or special characters; True when it had to."""
+    fd, attrs = saved
+    try:
+        tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        now = termios.tcgetattr(tty)
+        if now == attrs:
+            return False
+        termios.tcsetattr(tty, termios.TCSANOW, attrs)
+        return True
+    except termios.error:
+        return False
+    finally:
+        os.close(tty)
+
+
 def terminal_lflag(pid: int, fd: int = 0) -> int | None:
     """The local-mode flags of the terminal ``pid`` has open as ``fd`` (O_NOCTTY: never adopt it)."""
     try:

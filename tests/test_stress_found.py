@@ -109,3 +109,21 @@ def test_stopped_shell_is_continued(containers: dict[str, str], kind: str) -> No
         assert r.status == "ok" and r.stream() == "ok kept\n"
     finally:
         k.shutdown()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["sh", "bash"])
+def test_stty_games_do_not_break_the_next_cell(containers: dict[str, str], kind: str) -> None:
+    """stress.py --seed 5 --part fuzz (busybox cell 5, `PS1='$ '; stty erase x`): `x` became the erase character,
+    the terminal ate the x of every framing word, and the next cell failed after 8 s as if a thief took its
+    line. The kernel now puts the terminal back after each cell and says so."""
+    k = start_kernel(containers[kind])
+    try:
+        r = k.execute("stty erase x intr ^G eof ^B -icrnl -isig; echo set", timeout=60)
+        assert r.status == "ok" and r.stream() == "set\n", r.reply["content"]
+        assert "stty" in r.stream("stderr")
+        for _ in range(3):
+            r = k.execute("echo x ok", timeout=60)
+            assert r.status == "ok" and r.stream() == "x ok\n", r.reply["content"]
+    finally:
+        k.shutdown()

@@ -222,9 +222,18 @@ def terminal_attrs(pid: int) -> tuple[int, list[Any]] | None:
     return None
 
 
+# What decides how the shell's next typed line is read: line editing characters, signals, CR/NL mapping.
+# Other modes are left alone: bash itself turns ECHO back on when a job dies by a signal (it restores the
+# modes it saved at startup), and the kernel discards the echo anyway.
+_LINE_IFLAG = termios.ICRNL | termios.IGNCR | termios.INLCR | termios.ISTRIP | termios.IXON
+_LINE_LFLAG = termios.ICANON | termios.ISIG | termios.IEXTEN
+_LINE_CC = (termios.VINTR, termios.VQUIT, termios.VERASE, termios.VKILL, termios.VEOF, termios.VEOL,
+            termios.VEOL2, termios.VWERASE, termios.VLNEXT, termios.VREPRINT, termios.VSUSP, termios.VSTOP)
+
+
 def restore_terminal(pid: int, saved: tuple[int, list[Any]]) -> bool:
-    """Put the terminal of ``pid`` back to ``saved`` (from :func:`terminal_attrs`) if a cell changed its
-    modes or special characters; True when it had to."""
+    """Put the line-reading modes and characters of the terminal of ``pid`` back to ``saved`` (from
+    :func:`terminal_attrs`) if a cell changed them; True when it had to."""
     fd, attrs = saved
     try:
         tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -232,9 +241,14 @@ def restore_terminal(pid: int, saved: tuple[int, list[Any]]) -> bool:
         return False
     try:
         now = termios.tcgetattr(tty)
-        if now == attrs:
+        want = [*now[:6], list(now[6])]
+        want[0] = (now[0] & ~_LINE_IFLAG) | (attrs[0] & _LINE_IFLAG)
+        want[3] = (now[3] & ~_LINE_LFLAG) | (attrs[3] & _LINE_LFLAG)
+        for i in _LINE_CC:
+            want[6][i] = attrs[6][i]
+        if want == now:
             return False
-        termios.tcsetattr(tty, termios.TCSANOW, attrs)
+        termios.tcsetattr(tty, termios.TCSANOW, want)
         return True
     except termios.error:
         return False

@@ -552,7 +552,8 @@ CAUSE = {
     "kill_attach": ("lxc-attach", "connection", "killed", "signal", "exited", "ended"),
     "lxc_stop_k": ("STOPPED", "stopped", "does not exist", "not running", "MISSING"),
     "freeze": ("FROZEN", "frozen", "unfreeze"),
-    "destroy": ("does not exist", "destroyed", "MISSING", "missing"),
+    # Mid-cell, lxc-destroy -f first stops the container: STOPPED is what the kernel sees at that moment.
+    "destroy": ("does not exist", "destroyed", "MISSING", "missing", "STOPPED"),
     "oom": ("out-of-memory", "OOM", "oom-kill"),
     "exit_with_job": ("exit",),
     "tmp_full": ("space", "/tmp", "full"),
@@ -694,7 +695,8 @@ class FaultRun:
                     time.sleep(1.0)
                 t_fault = time.perf_counter()
                 rec["inject"] = clip(self.inject(), 200)
-                cell = k.collect(msg_id, Cell(code), timeout=45, start=t_fault)
+                cell = k.collect(msg_id, Cell(code), timeout=45, start=t_fault) if self.fault != "kernel_sigkill" \
+                    else Cell(code)
             else:
                 t_fault = time.perf_counter()
                 rec["inject"] = clip(self.inject(), 200)
@@ -719,6 +721,8 @@ class FaultRun:
                 rec["state_lost_silently"] = not cell.stderr.strip()
             self.recover()
             if self.fault == "kernel_sigkill":
+                with contextlib.suppress(Exception):
+                    k.km.provisioner.process.wait(10)  # type: ignore[union-attr]
                 rec["kernel_alive"] = k.alive()
                 rec["next_ok"] = None
             else:

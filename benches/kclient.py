@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -142,7 +144,11 @@ class Kernel:
         from jupyter_client import KernelManager
 
         t0 = time.perf_counter()
-        self.km = KernelManager(kernel_name=spec)
+        # IPC, not TCP: with 30 clients starting at once, jupyter_client's pick of free TCP ports raced (a
+        # kernel failed to bind "Address already in use", another got a foreign client's messages: "Invalid
+        # Signature"). Socket files in a private directory of this kernel cannot collide.
+        self.ipc_dir = tempfile.mkdtemp(prefix="lxck-ipc-")
+        self.km = KernelManager(kernel_name=spec, transport="ipc", ip=os.path.join(self.ipc_dir, "k"))
         self.km.start_kernel(extra_arguments=extra, env=env or kernel_env(), cwd=cwd)
         self.pid: int = self.km.provisioner.process.pid  # type: ignore[union-attr]
         self.process = psutil.Process(self.pid)
@@ -277,6 +283,7 @@ class Kernel:
                 p.kill()
         with contextlib.suppress(Exception):
             self.km.cleanup_resources()
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
         return [describe(p) for p in left]
 
     def leftovers(self, wait: float) -> list[psutil.Process]:

@@ -780,6 +780,7 @@ class FaultRun:
             tool("lxc-destroy", "-f", "-n", name, timeout=60)
         with contextlib.suppress(Exception):
             k.km.cleanup_resources()
+        shutil.rmtree(k.ipc_dir, ignore_errors=True)
         return out
 
 

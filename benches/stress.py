@@ -421,9 +421,9 @@ class Fuzz:
         r = self.rng
         pool = [
             "sleep 2 &", f"(sleep 0.{r.randint(1, 9)}; echo {BG}) &", f"( echo {BG}; sleep 1; echo {BG} ) &",
-            "sleep 1 & wait", "sleep 3 & disown 2>/dev/null", "setsid sleep 2 &", "nohup sleep 1 >/dev/null 2>&1 &",
-            f"(sleep 0.2; echo {BG} >&2) &", f"for i in 1 2 3; do (echo {BG}$i) & done; wait",
-            "(yes >/dev/null & p=$!; sleep 0.3; kill $p) &", "sleep 5 & kill %1 2>/dev/null; true",
+            "sleep 1 & wait $!", "sleep 3 & disown 2>/dev/null", "setsid sleep 2 &", "nohup sleep 1 >/dev/null 2>&1 &",
+            f"(sleep 0.2; echo {BG} >&2) &", f"for i in 1 2 3; do (echo {BG}$i) & done; wait $!",
+            "(yes >/dev/null & p=$!; sleep 0.3; kill $p) &", "sleep 3 & kill %1 2>/dev/null; true",
             "sleep 4 & jobs >/dev/null", "(trap '' HUP INT; sleep 2) &", f"(exec 1>&-; sleep 0.5; echo {BG}) &",
             f"{{ sleep 0.3; echo {BG}; }} </dev/null &", "sleep 1 </dev/null >/dev/null 2>&1 &",
         ]
@@ -518,22 +518,58 @@ def drive_fuzz(args: argparse.Namespace) -> int:
     return 0
 
 
+FUZZ_DRIVERS = 2
+
+
+def merge_fuzz(kind: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One container's figures from its drivers' results (examples say which driver: replay with its seed)."""
+    out: dict[str, Any] = {"kind": kind, "drivers": len(parts), "by_category": {}, "ended_by": {}, "examples": [],
+                           "leftovers": []}
+    for key in ("cells", "hangs", "desyncs", "deaths", "unrequested", "wrong_echo", "restarts",
+                "shell_ended_reported"):
+        out[key] = sum(int(p.get(key, 0)) for p in parts)
+    lat: list[float] = []
+    for p in parts:
+        lat += p.get("latencies", [])
+        out["leftovers"] += p.get("leftovers", [])
+        out["examples"] += [{"driver": p["driver"], **e} for e in p.get("examples", [])]
+        for name, n in p.get("ended_by", {}).items():
+            out["ended_by"][name] = out["ended_by"].get(name, 0) + n
+        for cat, st in p.get("by_category", {}).items():
+            have = out["by_category"].setdefault(cat, {"n": 0, "ok": 0})
+            have["n"] += st["n"]
+            have["ok"] += st["ok"]
+        if p.get("error"):
+            out["error"] = (out.get("error", "") + f"[driver {p['driver']}] {p['error']}")[:3000]
+    out["latency_s"] = summary(lat)
+    return out
+
+
 def part_fuzz(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     t0 = time.monotonic()
+    # Half the cells on each container, each half split over FUZZ_DRIVERS kernels (a driver process each):
+    # many cells wait on sleeps and jobs, so two kernels per container keep the 2 cores busy.
+    n = FUZZ_DRIVERS
     per = {"busybox": args.fuzz // 2, "bash": args.fuzz - args.fuzz // 2}
-    log(f"fuzz: {args.fuzz} cells ({per['busybox']} busybox, {per['bash']} bash), each followed by echo ok")
-    drivers = {}
+    log(f"fuzz: {args.fuzz} cells ({per['busybox']} busybox, {per['bash']} bash, {n} kernels each), "
+        "each followed by echo ok")
+    drivers: dict[str, list[DriverProc]] = {}
     for kind, container in (("busybox", args.sh), ("bash", args.bash)):
-        argv = [*driver_argv("fuzz", container, 0, f"{seed}:fuzz:{kind}", args, per[kind]), "--kind", kind]
-        drivers[kind] = DriverProc(argv, os.path.join(args.run_dir, f"fuzz-{kind}.log"))
+        drivers[kind] = []
+        for j in range(n):
+            cells = per[kind] // n + (1 if j < per[kind] % n else 0)
+            argv = [*driver_argv("fuzz", container, j, f"{seed}:fuzz:{kind}:{j}", args, cells), "--kind", kind]
+            drivers[kind].append(DriverProc(argv, os.path.join(args.run_dir, f"fuzz-{kind}-{j}.log")))
     deadline = time.monotonic() + 300 + args.fuzz * 3
     out: dict[str, Any] = {}
-    for kind, d in drivers.items():
-        r = d.wait_event("result", deadline) or {"kind": kind, "error": "no result (driver killed)", "cells": 0,
-                                                 "examples": []}
-        r["leftovers"] = r.get("leftovers", []) + d.close(30)
-        r["latency_s"] = summary(r.pop("latencies", []))
-        out[kind] = r
+    for kind, procs in drivers.items():
+        parts = []
+        for j, d in enumerate(procs):
+            r = d.wait_event("result", deadline) or {"error": "no result (driver killed)", "cells": 0}
+            r["leftovers"] = r.get("leftovers", []) + d.close(30)
+            r["driver"] = j
+            parts.append(r)
+        out[kind] = merge_fuzz(kind, parts)
     out["wall_s"] = round(time.monotonic() - t0, 1)
     log(f"  fuzz done in {out['wall_s']} s: " + ", ".join(
         f"{kind}: " + " ".join(f"{key}={out[kind].get(key)}" for key in
@@ -966,6 +1002,8 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "0 / 0 / 0 / 0", not r.get("error") and r.get("hangs") == 0 and r.get("desyncs") == 0
                 and r.get("deaths") == 0 and r.get("unrequested") == 0)
             add(p, "long lines echoed wrong", r.get("wrong_echo"), "0", r.get("wrong_echo") == 0)
+            ended = ", ".join(f"{k} {v}" for k, v in sorted(r.get("ended_by", {}).items())) or "0"
+            add(p, "shells a cell ended, said on the next cell (then `echo ok` answered)", ended, "(figure)", True)
             lat = r.get("latency_s", {})
             add(p, "fuzz cell latency median / p95 / max",
                 f"{ms(lat.get('median'))} / {ms(lat.get('p95'))} / {ms(lat.get('max'))} ms", "(figure)", True)

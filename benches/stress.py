@@ -474,7 +474,12 @@ def drive_fuzz(args: argparse.Namespace) -> int:
             if c.requests or c.foreign:
                 res["unrequested"] += len(c.requests) + c.foreign
                 example("unrequested prompt", i, cat, c)
-            if want is not None and not c.hung and (c.status != "ok" or clean_ok(c.stdout) != want):
+            if c.status == "error" and c.ename in ENDED:
+                # An earlier cell ended the shell (`exec 0</dev/null` in ash exits at the next prompt) and this
+                # cell says so: a reported end, not a wrong output (seed 20261130, busybox driver 1, cell 1388).
+                res["shell_ended_reported"] += 1
+                res["ended_by"][c.ename] = res["ended_by"].get(c.ename, 0) + 1
+            elif want is not None and not c.hung and (c.status != "ok" or clean_ok(c.stdout) != want):
                 res["wrong_echo"] += 1
                 example("wrong output", i, cat, c, {"want_len": len(want), "got_len": c.chars["stdout"]})
             if not broken:

@@ -10,7 +10,6 @@ kernel's ``_live_session`` never creates, starts or unfreezes a container for a 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import secrets
@@ -75,33 +74,18 @@ class MagicTable:
 
 
 def magic_table() -> MagicTable:
-    """Read the magics registry (magics.py) lazily; an empty table if it is missing or changed shape."""
+    """Read the magics registry (magics/) lazily: each magic's subcommands and which of them take a
+    container name, as the topic modules registered them; an empty table if it is missing."""
     try:
         from . import magics
+
+        table = magics.subcommand_table()
     except Exception:  # the registry is optional for completion: degrade, don't fail
         return MagicTable((), {}, {})
-    registry = getattr(magics, "REGISTRY", {}) or {}
-    names = tuple(sorted(registry))
-    subcommands: dict[str, tuple[str, ...]] = {}
-    takes: dict[str, Any] = {}
-    for name in names:
-        build = getattr(magics, f"_{name}_parser", None)
-        if build is None:
-            continue
-        try:
-            parser = build()
-        except Exception:
-            continue
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                subcommands[name] = tuple(action.choices)
-                # A subcommand whose first positional is a container name (`name`, `src`).
-                wanted = set()
-                for sub, subparser in action.choices.items():
-                    positionals = [a for a in subparser._actions if not a.option_strings and a.dest != "help"]
-                    if positionals and positionals[0].dest in ("name", "src"):
-                        wanted.add(sub)
-                takes[name] = wanted
+    names = tuple(sorted(magics.REGISTRY))
+    subcommands = {name: tuple(subs) for name, subs in table.items()}
+    takes: dict[str, Any] = {name: {sub for sub, container in subs.items() if container}
+                             for name, subs in table.items()}
     return MagicTable(names, subcommands, takes)
 
 

@@ -135,9 +135,10 @@ class AttachOptions:
         return {key: value for key, value in self.env if key != "PATH"}
 
     def argv(self, command: Sequence[str]) -> list[str]:
-        """The lxc-attach argv that runs ``command`` (an argv inside the container). Run it with
-        :meth:`spawn_env` as its environment, or the ``env`` values stay out of the shell."""
-        argv = self.tools.argv("lxc-attach", "-n", self.container, log=True)
+        """The lxc-attach argv that runs ``command`` (an argv inside the container), as the host that runs
+        LXC runs it (a transport wraps it for a remote host). Run it with :meth:`spawn_env` as its
+        environment, or the ``env`` values stay out of the shell."""
+        argv = self.tools.local_argv("lxc-attach", "-n", self.container, log=True)
         # --clear-env, and the kernel also spawns lxc-attach with an environment of its own making: the
         # connection file, Jupyter's variables and any secret of the host stay out either way.
         argv.append("--clear-env")
@@ -193,6 +194,8 @@ class LxcAttachTransport(Transport):
     name = "lxc-attach"
 
     def __init__(self, options: AttachOptions) -> None:
+        if options.tools.remote is not None:
+            raise ConfigError("these attach options are for a remote host: use ssh.SshTransport")
         self.options = options
         self.capabilities = Capabilities(host_pids=not options.tools.sudo and os.geteuid() == 0)
 
@@ -208,5 +211,5 @@ class LxcAttachTransport(Transport):
     def spawn_env(self) -> dict[str, str]:
         return self.options.spawn_env()
 
-    def shell_host_pid(self, channel: PtyChannel) -> int | None:
+    def shell_host_pid(self, channel: PtyChannel, shell_pid: int | None = None) -> int | None:
         return child_pid(channel.pid) if self.capabilities.host_pids else None

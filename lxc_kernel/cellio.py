@@ -294,7 +294,7 @@ class CellIO(RunHooks):
             self.waiting = (waiter, prompt)
             self.session.request_interrupt()
             return
-        password = waiter.password if self._bash else waiter.password_echo_off
+        password = self._secret(waiter, prompt)
         try:
             reply = self.ask(prompt, password)
         except EOFError:
@@ -308,18 +308,34 @@ class CellIO(RunHooks):
         self._answered = (waiter.pid, waiter.reads, time.monotonic())
         self.session.send_input(reply.encode("utf-8", "replace") + b"\n")
 
+    def _secret(self, waiter: Waiter, prompt: str) -> bool:
+        """Whether the command reads a secret: from the terminal's modes when they could be read; else (an
+        unprivileged container seen from a non-root kernel: the terminal is a host pty that neither the
+        inside probe nor the kernel may open) from what the prompt says, so a password is not typed into
+        a plain input box that shows and keeps it."""
+        if waiter.lflag is None:
+            return looks_secret(prompt)
+        return waiter.password if self._bash else waiter.password_echo_off
+
     def waiting_message(self) -> str:
         assert self.waiting is not None
         waiter, prompt = self.waiting
         shown = f" after printing {prompt.strip()!r}" if prompt.strip() else ""
-        secret = waiter.password if self._bash else waiter.password_echo_off
-        kind = "a password" if secret else "input"
+        kind = "a password" if self._secret(waiter, prompt) else "input"
         return (
             f"`{_short(waiter.command)}` was waiting for {kind} on the terminal{shown}, but this frontend "
             "does not send input (allow_stdin is false, as in nbconvert and papermill), so the cell was "
             "stopped. Give the command its input another way (a pipe, a here-document, a file, "
             "options such as -y), or run the cell in a frontend that allows input."
         )
+
+
+_SECRET_WORDS = re.compile(r"pass(word|phrase|code)?|secret|token|\bpin\b|credential", re.IGNORECASE)
+
+
+def looks_secret(prompt: str) -> bool:
+    """Pure: a prompt that asks for a password, passphrase, secret, token, PIN or credential."""
+    return bool(_SECRET_WORDS.search(prompt))
 
 
 def _short(command: str, limit: int = 80) -> str:

@@ -28,13 +28,15 @@ from dataclasses import dataclass
 import psutil
 
 from . import hostdirs
-from .errors import ConfigError, LxcCommandError, LxcKernelError
-from .lxc import Container, State, Tools, list_names, validate_name
+from .backends import Backend, from_record
+from .errors import ConfigError, LxcKernelError
+from .lxc import State, validate_name
 
 SEPARATOR = "-eph-"
 LOCK_SUFFIX = ".lock"
 _LOCK_RECORD_LIMIT = 4096
-_ANY_COPY_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)" + re.escape(SEPARATOR) + r"(\d+)-([0-9a-f]{6})")
+# A base may be REMOTE:NAME on incus/lxd.
+_ANY_COPY_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.:-]*)" + re.escape(SEPARATOR) + r"(\d+)-([0-9a-f]{6})")
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,16 @@ class CopyName:
         return f"{self.base}{SEPARATOR}{self.pid}-{self.suffix}"
 
 
-def new_name(base: str, pid: int | None = None) -> str:
-    """A recognisable, unique name for this kernel's copy of ``base``."""
-    validate_name(base, "ephemeral base")
+def new_name(base: str, pid: int | None = None, backend: Backend | None = None) -> str:
+    """A recognisable, unique name for this kernel's copy of ``base`` (on ``backend``, classic by default)."""
+    check = backend.validate_name if backend is not None else validate_name
+    check(base, "ephemeral base")
     name = str(CopyName(base, os.getpid() if pid is None else pid, secrets.token_hex(3)))
-    if len(name) > 64:
-        raise ConfigError(f"ephemeral base name {base!r} is too long for a copy name (at most 64 characters)")
-    return validate_name(name)
+    # Classic names go to 64 characters; Incus/LXD names are hostnames, at most 63.
+    longest = 64 if backend is None or backend.name == "lxc" else 63
+    if len(name.rpartition(":")[2]) > longest:
+        raise ConfigError(f"ephemeral base name {base!r} is too long for a copy name (at most {longest} characters)")
+    return check(name)
 
 
 def parse_name(base: str, name: str) -> CopyName | None:
@@ -96,7 +101,7 @@ class CopyLock:
         self.name, self._dir_fd, self._fd = name, dir_fd, fd
 
     @classmethod
-    def acquire(cls, name: str, tools: Tools) -> CopyLock:
+    def acquire(cls, name: str, backend: Backend) -> CopyLock:
         dir_fd = open_lock_dir()
         try:
             # O_CLOEXEC: a helper the kernel runs must not inherit the lock and keep it after the kernel dies.
@@ -106,7 +111,7 @@ class CopyLock:
             os.close(dir_fd)
             raise
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        record = {"copy": name, "lxcpath": tools.lxcpath, "sudo": tools.sudo, "kernel": os.getpid()}
+        record = {"copy": name, **backend.record(), "kernel": os.getpid()}
         os.write(fd, json.dumps(record).encode())
         return cls(name, dir_fd, fd)
 
@@ -140,14 +145,13 @@ def _try_lock(dir_fd: int, name: str, wait: float = 0.0) -> int | None:
             time.sleep(0.05)
 
 
-def read_record(fd: int) -> Tools:
-    """How to reach the copy whose lock ``fd`` is (written by :meth:`CopyLock.acquire`)."""
+def read_record(fd: int) -> Backend:
+    """How to reach the copy whose lock ``fd`` is (written by :meth:`CopyLock.acquire`): its backend."""
     try:
         record = json.loads(os.pread(fd, _LOCK_RECORD_LIMIT, 0) or b"{}")
-        lxcpath = record.get("lxcpath")
-        return Tools(lxcpath=lxcpath if isinstance(lxcpath, str) and lxcpath else None, sudo=record.get("sudo") is True)
+        return from_record(record if isinstance(record, dict) else {})
     except (ValueError, AttributeError):
-        return Tools()
+        return from_record({})
 
 
 @contextlib.contextmanager
@@ -193,37 +197,20 @@ def orphans(base: str, names: list[str]) -> list[str]:
     return found
 
 
-def remove(container: Container) -> None:
-    """Stop an ephemeral copy (LXC then destroys it); destroy it ourselves if it was not ephemeral after all.
-    A copy of this kernel's lets go of its lock once it is gone."""
-    _stop_and_destroy(container)
-    lock = _HELD.pop(container.name, None)
+def remove(backend: Backend, name: str) -> None:
+    """Remove an ephemeral copy (thawed, killed, destroyed: the backend's destroy flow). A copy of this
+    kernel's lets go of its lock once it is gone."""
+    backend.destroy(name, snapshots=True)
+    lock = _HELD.pop(name, None)
     if lock is not None:
         lock.release()
 
 
-def _stop_and_destroy(container: Container) -> None:
-    state = container.state()
-    if state is State.MISSING:
-        return
-    if state in (State.FROZEN, State.FREEZING):
-        container.unfreeze()  # a frozen task cannot die
-    if state is not State.STOPPED:
-        try:
-            container.stop(kill=True)
-        except LxcCommandError:
-            if container.state() not in (State.STOPPED, State.MISSING):
-                raise
-    # LXC removes an ephemeral copy just after it stops; give it a moment before destroying it ourselves.
-    if container.wait(State.MISSING, 2.0) is not State.MISSING:
-        container.destroy(snapshots=True)
-
-
-def cleanup_orphans(base: str, tools: Tools) -> list[str]:
+def cleanup_orphans(base: str, backend: Backend) -> list[str]:
     """Remove the copies of ``base`` left behind by dead kernels (and their stale lock files); return the
     copies' names. Each is removed while holding its lock, so two kernels never race on one copy."""
     removed = []
-    names = list_names(tools)
+    names = backend.names()
     dir_fd = open_lock_dir()
     try:
         for name in orphans(base, names):
@@ -231,7 +218,7 @@ def cleanup_orphans(base: str, tools: Tools) -> list[str]:
                 if fd is None:
                     continue  # a kernel took it meanwhile (it cannot: but never remove a held copy)
                 try:
-                    _stop_and_destroy(Container(name, tools))
+                    backend.destroy(name, snapshots=True)
                     removed.append(name)
                 except LxcKernelError:
                     continue  # the next start retries
@@ -262,7 +249,7 @@ def cleanup_kernel(pid: int, wait: float = 3.0) -> list[str]:
                 if fd is None or fd < 0:
                     continue
                 try:
-                    _stop_and_destroy(Container(name, read_record(fd)))
+                    read_record(fd).destroy(name, snapshots=True)
                     removed.append(name)
                 except LxcKernelError:
                     continue
@@ -271,18 +258,18 @@ def cleanup_kernel(pid: int, wait: float = 3.0) -> list[str]:
     return removed
 
 
-def create(base: str, tools: Tools, timeout: float = 30.0) -> Container:
-    """Start this kernel's ephemeral copy of ``base``. The base may be running (``lxc-copy -a``)."""
-    source = Container(base, tools)
-    state = source.state()
+def create(base: str, backend: Backend, timeout: float = 30.0) -> str:
+    """Start this kernel's ephemeral copy of ``base``; its name. The base may be running (``lxc-copy -a``;
+    Incus copies a running instance as it is)."""
+    state = backend.state(base)
     if state is State.MISSING:
         raise ConfigError(f"ephemeral base {base!r} does not exist: create it first (`%lxc create {base}`)")
-    name = new_name(base)
-    lock = CopyLock.acquire(name, tools)  # before the copy exists: there is never an unlocked live copy
+    name = new_name(base, backend=backend)
+    lock = CopyLock.acquire(name, backend)  # before the copy exists: there is never an unlocked live copy
     try:
-        copy = source.ephemeral_copy(name, allow_running=state is not State.STOPPED, timeout=timeout)
+        backend.ephemeral_copy(base, name, allow_running=state is not State.STOPPED, timeout=timeout)
     except BaseException:
         lock.release()
         raise
     _HELD[name] = lock
-    return copy
+    return name

@@ -38,10 +38,11 @@ from typing import Any
 import psutil
 
 from .ansi import strip
-from .attach import AttachOptions, LxcAttachTransport
+from .attach import AttachOptions
+from .backends import Backend
 from .cellio import CellIO
 from .errors import ConfigError, ContainerNotReady, LxcKernelError, ShellExited
-from .lxc import Container, State, Tools, validate_name
+from .lxc import State, validate_name
 from .protocol import sh_quote
 from .session import RunHooks, ShellSession
 from .transport import kill_tree
@@ -87,7 +88,8 @@ def is_glob(pattern: str) -> bool:
     return any(ch in _GLOB_CHARS for ch in pattern)
 
 
-def resolve_targets(patterns: Sequence[str], names: Callable[[], Iterable[str]]) -> list[str]:
+def resolve_targets(patterns: Sequence[str], names: Callable[[], Iterable[str]],
+                    validate: Callable[[str], str] | None = None) -> list[str]:
     """The container names ``patterns`` stand for, in the order written, each once.
 
     A plain name is taken as it is (it need not exist: that target then fails with the reason); a glob
@@ -98,11 +100,11 @@ def resolve_targets(patterns: Sequence[str], names: Callable[[], Iterable[str]])
     listed: list[str] | None = None
     out: dict[str, None] = {}
     for pattern in patterns:
-        if ":" in pattern:
+        if validate is None and ":" in pattern:
             raise ConfigError(f"{pattern!r}: remote targets (remote:name) need a backend that has remotes "
                               "(Incus/LXD); the classic lxc-* backend has none")
         if not is_glob(pattern):
-            out[validate_name(pattern)] = None
+            out[(validate or validate_name)(pattern)] = None
             continue
         if listed is None:
             listed = sorted(names())
@@ -323,7 +325,7 @@ def _close_all(sessions: Iterable[ShellSession]) -> None:
 
 
 class LxcTargets:
-    """Opens fan-out sessions with ``lxc-attach``, from the kernel's own attach options.
+    """Opens fan-out sessions through the kernel's backend, from the kernel's own attach options.
 
     ``base(name)`` gives the kernel's attach options (environment, cwd, shell, namespaces...) aimed at
     container ``name``, with no user resolved; ``user`` is resolved in that container's own
@@ -335,46 +337,36 @@ class LxcTargets:
     def __init__(
         self,
         base: Callable[[str], AttachOptions],
-        tools: Tools,
+        backend: Backend,
         *,
         separate_stderr: bool,
         startup_timeout: float,
     ) -> None:
         self.base = base
-        self.tools = tools
+        self.backend = backend
         self.separate_stderr = separate_stderr
         self.startup_timeout = startup_timeout
 
     def signature(self, name: str, user: str) -> Hashable:
-        return (self.base(name), user, self.separate_stderr)
+        return (self.base(self.backend.short_name(name)), user, self.separate_stderr)
 
     def state(self, name: str) -> State:
-        return Container(name, self.tools).state()
+        return self.backend.state(name)
 
     def not_running(self, names: Iterable[str]) -> list[ContainerNotReady]:
-        """The errors of those of ``names`` whose container is not RUNNING (stopped, frozen, gone), from
-        two lxc-ls calls for all of them, then lxc-info for the few that are not running."""
-        running = set(self.tools.run("lxc-ls", "-1", "--running", log=False, timeout=10).stdout.split())
-        frozen = set(self.tools.run("lxc-ls", "-1", "--frozen", log=False, timeout=10).stdout.split())
-        errors = []
-        for name in names:
-            if name in running and name not in frozen:
-                continue
-            try:
-                Container(name, self.tools).require_running()
-            except ContainerNotReady as exc:
-                errors.append(exc)
-        return errors
+        """The errors of those of ``names`` whose container is not RUNNING (stopped, frozen, gone), from one
+        look at all of them where the backend has one (two lxc-ls calls, one `incus list`)."""
+        return self.backend.not_running(list(names))
 
     def open(self, name: str, user: str) -> ShellSession:
-        container = Container(name, self.tools)
-        container.require_running()
-        options = self.base(name)
+        self.backend.require_running(name)
+        options = self.base(self.backend.short_name(name))
         if user:
-            options = resolve_user(container, user, options)
+            options = resolve_user(self.backend.transport(options, name), user, options)
         setup = ["cd"] if options.cwd is None else [f"cd -- {sh_quote(options.cwd)}"]
         # No health_check: the fan-out asks for all targets at once (FanOut._check_health).
-        session = ShellSession(LxcAttachTransport(options), setup=setup, separate_stderr=self.separate_stderr)
+        session = ShellSession(self.backend.transport(options, name), setup=setup,
+                               separate_stderr=self.separate_stderr)
         try:
             session.start(timeout=self.startup_timeout)
         except BaseException:

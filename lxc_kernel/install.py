@@ -124,6 +124,12 @@ def traits_from_args(args: argparse.Namespace) -> dict[str, Any]:
         # A spec that attaches as an unprivileged user is meant to keep cells away from the host:
         # under `all`, `%attach user root` or `%push /etc/shadow` would undo that in one line (issue 8).
         traits["magics"] = "safe"
+    # The options taken together: a name the chosen backend accepts, a project only on incus/lxd, ssh only
+    # on the classic backend... (the kernel runs the same check before its first shell).
+    from .backends import check_settings
+
+    if errors := check_settings(traits):
+        raise ConfigError("; ".join(errors))
     # An ephemeral kernel names its base as the container too, so `%lxc` commands have a default before the copy.
     return {"container": traits.pop("container", None) or traits["ephemeral"], **traits}
 
@@ -144,13 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    name = args.name or f"lxc-{args.container or args.ephemeral + '-eph'}".lower()
+    name = args.name or f"lxc-{args.container or args.ephemeral + '-eph'}".lower().replace(":", "-")
     if not all(ch.isalnum() or ch in "._-" for ch in name):
         print(f"error: invalid kernelspec name {name!r}", file=sys.stderr)
         return 2
+    label = {"incus": "Incus", "lxd": "LXD"}.get(args.backend or "", "LXC")
     spec = kernel_spec(
-        display_name=args.display_name or (f"LXC: {args.container}" if args.container
-                                           else f"LXC: ephemeral copy of {args.ephemeral}"),
+        display_name=args.display_name or (f"{label}: {args.container}" if args.container
+                                           else f"{label}: ephemeral copy of {args.ephemeral}"),
         python=sys.executable,
         traits=traits,
         interrupt_mode=fields.get("interrupt_mode", "signal"),

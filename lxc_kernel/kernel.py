@@ -16,7 +16,9 @@ from ipykernel.kernelbase import Kernel
 
 from . import __version__, ephemeral, watchdog
 from .assist import Assistant, shell_version
-from .attach import ELEVATED, NAMESPACES, AttachOptions, LxcAttachTransport, env_pairs, parse_flags
+from .attach import ELEVATED, NAMESPACES, AttachOptions, env_pairs, parse_flags
+from .backends import Backend, check_settings
+from .backends import make as make_backend
 from .budget import DEFAULT_LIMIT, DEFAULT_SPILL_LIMIT, SpillDir, parse_size
 from .cellio import CellIO, restore_echo
 from .complete import is_complete
@@ -32,7 +34,7 @@ from .fanout import (
     failure_message,
     resolve_targets,
 )
-from .lxc import ADVICE, Container, State, Tools, list_names
+from .lxc import State, Tools
 from .magics import REGISTRY, check_on_policy, parse_on, run_magics, split_cell, split_on_cell
 from .options import config_errors
 from .options import traits as option_traits
@@ -84,29 +86,79 @@ class LXCKernel(Kernel):
         super().__init__(**kwargs)
         self.shell_session: ShellSession | None = None
         self._options: AttachOptions | None = None
-        self._ephemeral_copy: Container | None = None
+        self._ephemeral_copy: str | None = None
         self._spill: SpillDir | None = None  # made by the first cell that needs it
         # Started before anything else: whatever the kernel starts from here on is cleaned up if it dies.
         # Only in a kernel process (the app exists before it builds its kernel): an LXCKernel built in a
         # test or a tool would get a watchdog of its host process.
         self._watchdog = watchdog.start() if IPKernelApp.initialized() else None
+        if IPKernelApp.initialized() and os.geteuid() != 0 and not self.sudo:
+            # A normal user's own containers: the processes that run lxc-attach must be inside the user's
+            # delegated cgroups, or attached shells land outside the container's (no limits, no freeze).
+            from .delegate import enter
+
+            self._outside_cgroups = enter()
         if self.ephemeral:
             self._cleanup_ephemeral_orphans()
 
     # -- attach ---------------------------------------------------------------------------------
     @property
     def tools(self) -> Tools:
-        return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo)
+        """How the classic backend runs ``lxc-*``: lxcpath, sudo, and the ssh link to another host."""
+        if not self.ssh:
+            return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo)
+        return Tools(lxcpath=self.lxcpath or None, sudo=self.sudo, remote=self._ssh_link())
 
-    def target(self) -> Container:
-        return Container(self.container, self.tools)
+    def _ssh_link(self) -> Any:
+        """The kernel's one ssh connection (ControlMaster) to the ``ssh`` host, opened on first use and
+        closed at shutdown."""
+        from .ssh import SshLink, parse_target
+
+        link = getattr(self, "_ssh", None)
+        spec = (self.ssh, tuple(self.ssh_options))
+        if link is None or getattr(self, "_ssh_spec", None) != spec:
+            self._close_ssh()
+            link = SshLink(parse_target(self.ssh), options=self.ssh_options)
+            self._ssh, self._ssh_spec = link, spec
+        if not link.alive():
+            link.open()
+            if self._watchdog is not None:
+                # The master is recorded now, and its control directory goes if this kernel dies.
+                self._watchdog.scan()
+                if getattr(link, "control_dir", None):
+                    self._watchdog.spill_dir(link.control_dir)
+        return link
+
+    def _close_ssh(self) -> None:
+        link, self._ssh = getattr(self, "_ssh", None), None
+        if link is not None:
+            with contextlib.suppress(Exception):
+                link.close()
+
+    @property
+    def lifecycle(self) -> Backend:
+        """The container manager (backends/): made from the ``backend``, ``project``, ``lxcpath``, ``sudo``
+        and ``ssh`` options, and made again when one of them changes. Raises ConfigError when they don't
+        fit together (a project on the classic backend, ssh on Incus...)."""
+        key = (self.backend, self.project, self.lxcpath, self.sudo, self.ssh, tuple(self.ssh_options), self.image)
+        if getattr(self, "_lifecycle_key", None) != key:
+            settings = {name: getattr(self, name) for name in
+                        ("backend", "project", "ssh", "ssh_options", "image", "lxcpath", "sudo", "namespaces",
+                         "elevated", "remount_sys_proc")}
+            if errors := check_settings(settings):
+                raise ConfigError("the kernel's backend options do not fit together: " + "; ".join(errors))
+            self._lifecycle = make_backend(self.backend, tools=self.tools if self.backend == "lxc" else None,
+                                           project=self.project)
+            self._lifecycle_key = key
+        return self._lifecycle
 
     def attach_options(self) -> AttachOptions:
         """Validate the configuration into an AttachOptions (raises ConfigError with what is wrong)."""
-        container = self.target()
-        options = self.base_attach_options(container.name)
+        lifecycle = self.lifecycle
+        name = lifecycle.validate_name(self.container)
+        options = self.base_attach_options(lifecycle.short_name(name))
         if self.user:
-            options = resolve_user(container, self.user, options)
+            options = resolve_user(lifecycle.transport(options, name), self.user, options)
         return options
 
     def base_attach_options(self, name: str) -> AttachOptions:
@@ -146,20 +198,32 @@ class LXCKernel(Kernel):
         if prepare:
             self.prepare_container()
         options = self.attach_options()
-        container = self.target()
-        container.require_running()
+        lifecycle, name = self.lifecycle, self.container
+        lifecycle.require_running(name)
         setup = ["cd"] if options.cwd is None else [f"cd -- {sh_quote(options.cwd)}"]
         session = ShellSession(
-            LxcAttachTransport(options),
+            lifecycle.transport(options, name),
             setup=setup,
             separate_stderr=self.stderr == "separate",
             keep_colors=self.colors,
-            health_check=container.require_running,
+            health_check=lambda: lifecycle.require_running(name),
             on_new_dir=self._install_helpers,
         )
         try:
             session.start(timeout=self.startup_timeout)
             self._install_helpers(session)
+        except LxcKernelError as exc:
+            session.close()
+            if outside := getattr(self, "_outside_cgroups", None):
+                # Measured: lxc-attach fails with "Failed to move process into target cgroup" when the
+                # kernel is outside its user's delegated cgroup2 subtree; only root can move it in.
+                raise ConfigError(
+                    f"this kernel is outside its user's delegated cgroups in {', '.join(outside)}, so lxc-attach "
+                    "cannot move the shell into the container's cgroup. Root starts Jupyter inside them: "
+                    "`python3 -m lxc_kernel.delegate USER --run -- jupyter lab` (after `python3 -m "
+                    f"lxc_kernel.delegate USER` at boot). The attach said: {exc}"
+                ) from exc
+            raise
         except BaseException:
             session.close()  # whatever went wrong, the new shell is ours to end
             raise
@@ -168,10 +232,43 @@ class LXCKernel(Kernel):
         if not quiet and getattr(self, "_lost_note", ""):
             self._stream("stderr", self._lost_note)
             self._lost_note = ""
+        end_shell = getattr(session.transport, "end_shell_argv", None)
+        if end_shell is not None and session.info is not None and hasattr(self._watchdog, "on_death"):
+            # Behind ssh the host cannot kill the shell's jobs by PID: if this kernel dies, its watchdog
+            # ends them inside, through the link, first.
+            self._watchdog.on_death("shell", end_shell(session.info.pid))  # type: ignore[union-attr]
         if not quiet:
             for warning in options.warnings:
                 self._stream("stderr", f"warning: {warning}\n")
+            self._say_non_root(session)
         return session
+
+    def _say_non_root(self, session: ShellSession) -> None:
+        """Once per kernel: what a kernel run by a normal user does differently, instead of failing silently."""
+        # A root kernel whose transport hides the shell's processes (ssh, a remote or another cluster member)
+        # is not a normal user's kernel: nothing to say.
+        if getattr(self, "_said_non_root", False) or session.transport.capabilities.host_pids or os.geteuid() == 0:
+            return
+        self._said_non_root = True
+        import pwd
+
+        how = "through the sudo helper" if self.sudo else "with its own containers"
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        text = (f"[lxc-kernel: this kernel runs as {user}, not root ({how}). It cannot read the "
+                "container shell's /proc on the host, so input prompts are detected from inside the container "
+                "(where the terminal's modes cannot be read there, as in unprivileged containers, a prompt is "
+                "a password prompt when its words say so: password, passphrase, secret, token, PIN), "
+                "and two host-side checks are off: a process in the container that takes the shell's typed line, "
+                "and a stopped stderr reader.")
+        if self.sudo:
+            text += (" Creating containers, `%lxc config set`, `%lxc log` and snapshot comments need host root; "
+                     "the watchdog of a killed kernel ends its root lxc-attach processes through sudo (SIGTERM), "
+                     "but cannot end the shell's background jobs in the container.")
+        elif getattr(self, "_outside_cgroups", None):
+            text += (f" It is outside its user's delegated cgroups ({', '.join(self._outside_cgroups)}): "
+                     "freeze and limits of its containers may fail (root runs `python3 -m lxc_kernel.delegate "
+                     "USER`, and starts Jupyter with `python3 -m lxc_kernel.delegate USER --run -- jupyter lab`).")
+        self._stream("stderr", text + "]\n")
 
     def close_session(self) -> None:
         session, self.shell_session = self.shell_session, None
@@ -296,14 +393,14 @@ class LXCKernel(Kernel):
 
         def names() -> list[str]:
             nonlocal listed
-            listed = list_names(self.tools)
+            listed = self.lifecycle.names()
             return listed
 
         try:
             request = parse_on(args)
             if errors := config_errors(self):
                 raise ConfigError("the kernel's configuration has invalid values: " + "; ".join(errors.values()))
-            targets = resolve_targets(request.targets, names)
+            targets = resolve_targets(request.targets, names, self.lifecycle.validate_name)
             notes = self.fleet.sweep(listed)
             self.fleet.check_cap(targets, int(self.max_fanout_sessions))
             user = request.user if request.user is not None else self.user
@@ -319,7 +416,7 @@ class LXCKernel(Kernel):
                 else BlockView(emit_stream, emit_message, f"lxck-on-{secrets.token_hex(6)}"))
         fan = FanOut(
             self.fleet,
-            LxcTargets(self.base_attach_options, self.tools, separate_stderr=self.stderr == "separate",
+            LxcTargets(self.base_attach_options, self.lifecycle, separate_stderr=self.stderr == "separate",
                        startup_timeout=self.startup_timeout),
             targets, body, request,
             user="" if user in ("root", "0", "0:0") else user,
@@ -355,7 +452,7 @@ class LXCKernel(Kernel):
         """A dead shell: say whether the container went away, and that the next cell starts afresh."""
         state = self._state_after_exit(exc.status)
         if state is not State.RUNNING:
-            advice = ADVICE.get(state, "check it with `lxc-info -n {name}`.").format(name=self.container)
+            advice = self.lifecycle.advice(self.container, state)
             err = ContainerNotReady(self.container, state.value, f"the shell ended with it. To continue, {advice}")
             return self._error("ContainerNotReady", str(err))
         return self._error("ShellExited", f"{exc} The next cell starts a fresh shell.")
@@ -368,7 +465,7 @@ class LXCKernel(Kernel):
         deadline = time.monotonic() + (settle if status in (None, 129, 137, 255) else 0.0)
         while True:
             try:
-                state = self.target().state()
+                state = self.lifecycle.state(self.container)
             except LxcKernelError:
                 return State.RUNNING
             if state not in (State.RUNNING, State.STOPPING, State.ABORTING) or time.monotonic() >= deadline:
@@ -399,31 +496,36 @@ class LXCKernel(Kernel):
 
     def prepare_container(self) -> None:
         """Before attaching: make the ephemeral copy, or create/start the container when configured to."""
+        lifecycle = self.lifecycle
         if self.ephemeral and self._ephemeral_copy is None:
-            copy = ephemeral.create(self.ephemeral, self.tools, timeout=self.startup_timeout)
+            copy = ephemeral.create(self.ephemeral, lifecycle, timeout=self.startup_timeout)
             self._ephemeral_copy = copy
-            self.container = copy.name
-            self._stream("stderr", f"ephemeral container {copy.name} (a copy of {self.ephemeral}, "
+            self._ephemeral_backend = lifecycle
+            self.container = copy
+            self._stream("stderr", f"ephemeral container {copy} (a copy of {self.ephemeral}, "
                                    "destroyed when this kernel stops)\n")
             return
         if not (self.create_missing or self.start_stopped):
             return
-        container = self.target()
-        state = container.state()
+        name = lifecycle.validate_name(self.container)
+        state = lifecycle.state(name)
         if state is State.MISSING and self.create_missing:
-            from .provision import provision
-
-            done = provision(container.name, self.create_missing, start=True, tools=self.tools)
-            self._stream("stderr", f"created container {container.name} ({self.create_missing}) "
-                                   f"in {done.seconds:.2f} s\n")
+            # The classic backend makes a kind; Incus/LXD launch an image (by default one named like the kind).
+            source = self.create_missing if lifecycle.create_kinds else (self.image or self.create_missing)
+            done = lifecycle.provision(name, source, start=True)
+            how = "privileged" if done.privileged else "unprivileged"
+            self._stream("stderr", f"created container {name} ({source}, {how}) in {done.seconds:.2f} s\n")
         elif state in (State.STOPPED, State.FROZEN):
-            reached = container.start(self.startup_timeout) if state is State.STOPPED else container.unfreeze()
-            self._stream("stderr", f"container {container.name} was {state.value}, now {reached.value}\n")
+            if state is State.STOPPED:
+                reached = lifecycle.start(name, self.startup_timeout)
+            else:
+                reached = lifecycle.unfreeze(name)
+            self._stream("stderr", f"container {name} was {state.value}, now {reached.value}\n")
 
     def _cleanup_ephemeral_orphans(self) -> None:
         # Copies whose kernel was SIGKILLed: nobody else will ever remove them.
         try:
-            removed = ephemeral.cleanup_orphans(self.ephemeral, self.tools)
+            removed = ephemeral.cleanup_orphans(self.ephemeral, self.lifecycle)
         except LxcKernelError as exc:
             log.warning("could not clean up orphaned ephemeral copies of %s: %s", self.ephemeral, exc)
             return
@@ -434,9 +536,9 @@ class LXCKernel(Kernel):
         copy, self._ephemeral_copy = self._ephemeral_copy, None
         if copy is not None:
             try:
-                ephemeral.remove(copy)
+                ephemeral.remove(getattr(self, "_ephemeral_backend", None) or self.lifecycle, copy)
             except LxcKernelError as exc:
-                log.warning("could not remove ephemeral copy %s: %s", copy.name, exc)
+                log.warning("could not remove ephemeral copy %s: %s", copy, exc)
 
     # -- replies --------------------------------------------------------------------------------
     def _stream(self, name: str, text: str) -> None:
@@ -455,7 +557,7 @@ class LXCKernel(Kernel):
     @property
     def assistant(self) -> Assistant:
         if getattr(self, "_assistant", None) is None:
-            self._assistant = Assistant(self._live_session, lambda: list_names(self.tools))
+            self._assistant = Assistant(self._live_session, lambda: self.lifecycle.names())
         return self._assistant
 
     def _live_session(self) -> ShellSession | None:
@@ -468,7 +570,7 @@ class LXCKernel(Kernel):
         if self.ephemeral and self._ephemeral_copy is None:
             return None
         try:
-            if self.target().state() is not State.RUNNING:
+            if self.lifecycle.state(self.container) is not State.RUNNING:
                 return None
             return self.ensure_session(prepare=False, quiet=True)
         except LxcKernelError:
@@ -573,6 +675,7 @@ class LXCKernel(Kernel):
         self.fleet.close_all()  # every %%on shell, by PID; a %%on cell still running ends at once
         self.close_session()
         self._remove_ephemeral_copy()
+        self._close_ssh()
         if self._spill is not None:
             self._spill.close()  # over-budget output files live as long as their kernel
         if self._watchdog is not None:

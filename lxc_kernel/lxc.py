@@ -10,10 +10,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .bounded import read_tail
 from .errors import ConfigError, ContainerNotReady, LxcCommandError, LxcNotInstalled
 from .spawn import TOOL_ENV
+
+if TYPE_CHECKING:
+    from .ssh import SshLink
 
 # lxc(7): a name becomes a directory under lxcpath and the default hostname, so keep to the
 # portable hostname alphabet plus '_' and '.'; this also rules out every shell metacharacter.
@@ -60,25 +64,68 @@ class State(enum.Enum):
     FREEZING = "FREEZING"
     FROZEN = "FROZEN"
     THAWED = "THAWED"
+    ERROR = "ERROR"  # Incus/LXD only: the instance failed (lxc-info never says it)
     MISSING = "MISSING"
+
+
+# The root-owned helper that a sudoers rule allows (sudo_helper.py, installed by `python -m lxc_kernel.sudo
+# grant`): a rule on the raw lxc-* tools would make the user root (lxc-start -s lxc.hook.pre-start=... ran a
+# hook as host root; lxc-info -o FILE appended to a root-only file).
+SUDO_HELPER = "/usr/local/libexec/lxc-kernel/lxck-sudo"
+
+
+def sudo_hint(stderr: str) -> str:
+    """What to do when sudo refused to run the helper: ``sudo -n`` fails at once instead of prompting."""
+    if "password is required" in stderr or "may not run sudo" in stderr or "not allowed to execute" in stderr:
+        import pwd
+
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return (f" (sudo has no rule that lets {user} run {SUDO_HELPER} without a password: root "
+                f"grants one with `python3 -m lxc_kernel.sudo grant {user} --containers NAME`)")
+    return ""
 
 
 @dataclass(frozen=True)
 class Tools:
-    """How to invoke the lxc-* tools: which lxcpath, and whether through ``sudo -n``."""
+    """How to invoke the lxc-* tools: which lxcpath, whether through the sudo helper, and on which host
+    (``remote``: an ssh link, through which every call runs on the remote host)."""
 
     lxcpath: str | None = None
     sudo: bool = False
+    remote: SshLink | None = None
 
     def argv(self, tool: str, *args: str, log: bool = True) -> list[str]:
-        argv = ["sudo", "-n", "--"] if self.sudo else []
-        argv.append(tool)
+        """The host argv: the tool's own argv, through the ssh link when the tools are remote."""
+        argv = self.local_argv(tool, *args, log=log)
+        return self.remote.wrap(argv, tty=False) if self.remote is not None else argv
+
+    def local_argv(self, tool: str, *args: str, log: bool = True) -> list[str]:
+        """The argv on the host that runs LXC (this one, or the remote one)."""
+        if self.sudo:
+            # The helper fixes the lxcpath and the log target itself and refuses -P, -o and -l from us.
+            if self.lxcpath:
+                raise ConfigError("lxcpath cannot be set with sudo: the sudo helper uses the system's lxcpath")
+            return ["sudo", "-n", SUDO_HELPER, tool, *args]
+        argv = [tool]
         if self.lxcpath:
             argv += ["-P", validate_path(self.lxcpath, "lxcpath")]
         if log:
             # Many lxc-* tools exit 1 with no message unless given a log target (measured, LXC 5.0.2).
             argv += ["-l", "ERROR", "-o", "/dev/stderr"]
         return argv + list(args)
+
+    def require_own(self, what: str) -> None:
+        """Raise a clear ConfigError for what the sudo helper does not allow: it needs host root."""
+        if self.sudo:
+            raise ConfigError(
+                f"{what} needs host root, and this kernel reaches the containers through the sudo helper, "
+                "which allows only attach, info, list, start, stop, freeze, unfreeze, cgroup limits, snapshots, "
+                "copies and destroy: ask root to do it (or run a root kernel)"
+            )
+
+    def log_args(self, path: str) -> list[str]:
+        """``-l ERROR -o PATH`` for a daemonizing tool; nothing through sudo (the helper logs and reports)."""
+        return [] if self.sudo else ["-l", "ERROR", "-o", path]
 
     def run(
         self,
@@ -90,6 +137,8 @@ class Tools:
         log: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         argv = self.argv(tool, *args, log=log)
+        if self.remote is not None and not self.remote.alive():
+            raise self.remote.down_error(f"cannot run {tool}")
         try:
             proc = subprocess.run(
                 argv,
@@ -97,17 +146,17 @@ class Tools:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env=TOOL_ENV,
+                env=self.remote.env() if self.remote is not None else TOOL_ENV,
                 stdin=None if input is not None else subprocess.DEVNULL,
             )
         except FileNotFoundError as exc:
             raise LxcNotInstalled(argv[0]) from exc
         except subprocess.TimeoutExpired as exc:
             raise LxcCommandError(argv, -1, f"timed out after {timeout:g} s") from exc
+        if self.remote is not None and proc.returncode == 255 and self.remote.lost():
+            raise self.remote.down_error(f"{tool} could not run", 255, proc.stderr)
         if check and proc.returncode != 0:
-            stderr = proc.stderr
-            if self.sudo and "password is required" in stderr:
-                stderr += " (sudo -n needs a NOPASSWD rule for the lxc-* tools)"
+            stderr = proc.stderr.rstrip() + sudo_hint(proc.stderr) if self.sudo else proc.stderr
             raise LxcCommandError(argv, proc.returncode, stderr or proc.stdout)
         return proc
 
@@ -139,7 +188,8 @@ class Container:
         if proc.returncode != 0:
             if "doesn't exist" in proc.stderr or "does not exist" in proc.stderr or not proc.stderr.strip():
                 return State.MISSING
-            raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name), proc.returncode, proc.stderr)
+            said = proc.stderr.rstrip() + sudo_hint(proc.stderr) if self.tools.sudo else proc.stderr
+            raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name), proc.returncode, said)
         try:
             return State(proc.stdout.strip())
         except ValueError:
@@ -197,7 +247,8 @@ class Container:
     def start(self, timeout: float = 10.0) -> State:
         # `lxc-start -d` daemonizes with its log file still open, so `-o /dev/stderr` kept our stderr
         # pipe open until the container stopped and subprocess.run hung: log to a file, read it back.
-        configured = self._configured_log_file()
+        # Through sudo the helper sets the log target (and the kernel may not read the config).
+        configured = "" if self.tools.sudo else self._configured_log_file()
         if configured:
             # `-o` would override the container's own lxc.log.file (measured), and `%lxc log` reads that.
             offset = os.path.getsize(configured) if os.path.exists(configured) else 0
@@ -209,7 +260,7 @@ class Container:
                                       said or proc.stderr)
             return self.wait(State.RUNNING, timeout)
         with tempfile.NamedTemporaryFile("r", prefix="lxck-start-", suffix=".log") as log:
-            args = ["-n", self.name, "-d", "-l", "ERROR", "-o", log.name]
+            args = ["-n", self.name, "-d", *self.tools.log_args(log.name)]
             proc = self.tools.run("lxc-start", *args, timeout=timeout + 5, check=False, log=False)
             if proc.returncode != 0:
                 argv = self.tools.argv("lxc-start", *args, log=False)
@@ -281,6 +332,18 @@ class Container:
             raise LxcCommandError(self.tools.argv("lxc-info", "-n", self.name, "-c", key), 0, said)
         return out.partition("=")[2].strip()
 
+    def idmap_values(self) -> list[str]:
+        """Every ``lxc.idmap`` value as LXC reads the config (included files too); [] when privileged.
+
+        ``lxc-info -c`` prints a list key's first value after ``KEY =`` and the others alone on the
+        following lines (measured, LXC 5.0.2)."""
+        argv = self.tools.argv("lxc-info", "-n", self.name, "-c", "lxc.idmap")
+        out = self.run("lxc-info", "-c", "lxc.idmap", timeout=10).stdout.strip()
+        if not out.startswith("lxc.idmap ="):
+            raise LxcCommandError(argv, 0, out or "no output")
+        first, *rest = out.splitlines()
+        return [v for v in (first.partition("=")[2].strip(), *(line.strip() for line in rest)) if v]
+
     def config_set(self, key: str, value: str) -> None:
         """Write ``KEY = VALUE`` into the container's config file, replacing earlier lines of the key.
 
@@ -288,6 +351,7 @@ class Container:
         """
         validate_config_key(key)
         validate_config_value(value)
+        self.tools.require_own("writing a container's config file")
         path = self.config_path()
         try:
             with open(path) as fh:
@@ -330,6 +394,8 @@ class Container:
         """Take a snapshot (the container must be STOPPED: lxc-snapshot fails otherwise); return its name."""
         before = {s.name for s in self.snapshots()}
         if comment:
+            # lxc-snapshot -c reads the comment file as root: the helper refuses it.
+            self.tools.require_own("a snapshot comment")
             with tempfile.NamedTemporaryFile("w", prefix="lxck-comment-", suffix=".txt") as fh:
                 fh.write(comment + "\n")
                 fh.flush()
@@ -373,7 +439,7 @@ class Container:
         # lxc-copy -e starts the copy daemonized, which keeps a /dev/stderr log target open (and our pipe
         # with it) for the container's lifetime, as lxc-start -d does: log to a file and read it back.
         with tempfile.NamedTemporaryFile("r", prefix="lxck-copy-", suffix=".log") as log:
-            args += ["-l", "ERROR", "-o", log.name]
+            args += self.tools.log_args(log.name)
             proc = self.tools.run("lxc-copy", *args, timeout=timeout + 5, check=False, log=False)
             if proc.returncode != 0:
                 raise LxcCommandError(self.tools.argv("lxc-copy", *args, log=False), proc.returncode,

@@ -303,13 +303,77 @@ def _one_of(allowed: Sequence[str]) -> Validator:
     return run
 
 
+def _image(value: str) -> str:
+    from .backends.incus import validate_image
+
+    return validate_image(value) if value else value
+
+
+def _container_name(what: str) -> Validator:
+    """``NAME`` (classic LXC's alphabet) or ``REMOTE:NAME`` (incus/lxd); the backend checks the rest."""
+
+    def run(value: str) -> str:
+        if ":" in value:
+            from .backends.incus import parse_ref
+
+            parse_ref(value, what)
+            return value
+        return validate_name(value, what)
+
+    return run
+
+
+def _ssh_target(value: str) -> str:
+    """``[USER@]HOST[:PORT]``: never an option to ssh (no leading '-'), nothing a remote shell reads."""
+    from .ssh import parse_target
+
+    parse_target(value)
+    return value
+
+
+def _ssh_options(value: list[str]) -> list[str]:
+    from .ssh import validate_options
+
+    return list(validate_options(value))
+
+
+def _project(value: str) -> str:
+    from .backends.incus import validate_project
+
+    return validate_project(value)
+
+
 # -- the table -----------------------------------------------------------------------------------------
 
 OPTIONS: tuple[Option, ...] = (
     Option(
+        "backend", Kind.ENUM, "lxc",
+        "which container manager: `lxc` (classic `lxc-*` tools, here or on the `ssh` host), `incus`, or "
+        "`lxd` (its `lxc` client); see *Backends*",
+        choices=("lxc", "incus", "lxd"), flag="--backend", metavar="lxc|incus|lxd", shown=True,
+    ),
+    Option(
         "container", Kind.STR, "lxc-kernel",
-        "the container the shell runs in (1-64 of `A-Za-z0-9_.-`, checked before any `lxc-*` runs)",
-        validate_name, flag="--container", metavar="C", magic="%lxc use NAME",
+        "the container the shell runs in (1-64 of `A-Za-z0-9_.-`, checked before any tool runs); "
+        "`REMOTE:NAME` on incus and lxd",
+        _container_name("container name"), flag="--container", metavar="C", magic="%lxc use [REMOTE:]NAME",
+    ),
+    Option(
+        "project", Kind.STR, "", "the Incus/LXD project of the containers (`--project`)",
+        _project, flag="--project", metavar="P", shown=True, unset="(default)", doc_default="the default project",
+    ),
+    Option(
+        "ssh", Kind.STR, "",
+        "run the classic backend on another host over ssh, `[USER@]HOST[:PORT]`: the kernel's own host "
+        "needs no LXC",
+        _unless_empty(_ssh_target), flag="--ssh", metavar="[USER@]HOST[:PORT]", shown=True, unset="-",
+        doc_default="off (this host)",
+    ),
+    Option(
+        "ssh_options", Kind.LIST, [],
+        "`-o` options of the ssh link (`IdentityFile=...`, `UserKnownHostsFile=...`, `ConnectTimeout=5`; only "
+        "harmless ones: nothing that runs a command or forwards anything)",
+        _ssh_options, flag="--ssh-option", metavar="KEY=VALUE", doc_default="none (`~/.ssh/config`)",
     ),
     Option(
         "user", Kind.STR, "",
@@ -369,10 +433,14 @@ OPTIONS: tuple[Option, ...] = (
         attach=Attach("PATH|default", "where the containers live (lxc-* -P)", resets=("default",)),
     ),
     Option(
-        "sudo", Kind.BOOL, False, "run `lxc-*` through `sudo -n`, for a kernel started by a non-root user",
+        "sudo", Kind.BOOL, False,
+        "run `lxc-*` through `sudo -n` and the root-owned helper that validates every argument "
+        "(`python3 -m lxc_kernel.sudo grant` installs it), for a kernel started by a non-root user; "
+        "see *Security model*",
         flag="--sudo", shown=True,
-        attach=Attach("on|off", "run lxc-* through `sudo -n`, for a kernel that is not run\n"
-                      "by root; without a NOPASSWD rule it fails with a clear\nerror, never a password prompt"),
+        attach=Attach("on|off", "run lxc-* through `sudo -n` and the lxc-kernel helper, for a\n"
+                      "kernel that is not run by root; without a rule it fails with\n"
+                      "a clear error, never a password prompt"),
     ),
     Option(
         "colors", Kind.BOOL, False,
@@ -430,9 +498,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "create_missing", Kind.STR, "",
-        "when the container doesn't exist, create it of this kind (busybox, hostfs, debian; the bare install "
-        "flag means busybox) and start it; a stopped one is started too. The zero-setup choice for new users",
+        "when the container doesn't exist, create it, unprivileged, of this kind (busybox, hostfs, debian; the "
+        "bare install flag means busybox) and start it; on incus/lxd, from the image `image`. A stopped one is "
+        "started too. The zero-setup choice for new users",
         _one_of(KINDS), flag="--create-missing", metavar="KIND", flag_const="busybox", doc_default="off",
+    ),
+    Option(
+        "image", Kind.STR, "",
+        "incus/lxd: the image alias (or fingerprint, `REMOTE:ALIAS`) that `create_missing` creates the container "
+        "from; without it, an image aliased like the kind (`busybox`)",
+        _image, flag="--image", metavar="ALIAS", doc_default="the kind's name",
     ),
     Option(
         "start_stopped", Kind.BOOL, False, "start the container when it is stopped (unfreeze it when frozen)",
@@ -440,11 +515,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "ephemeral", Kind.STR, "",
-        "each kernel runs in its own throwaway overlay copy of container BASE (`lxc-copy -e`), named "
+        "each kernel runs in its own throwaway overlay copy of container BASE (`lxc-copy -e`; `copy --ephemeral` "
+        "on incus/lxd), named "
         "`BASE-eph-<kernel pid>-<random>`, and `container` is ignored. The copy is destroyed when the kernel "
         "shuts down or restarts, and by the kernel's watchdog within seconds when the kernel is killed (a copy "
         "whose kernel and watchdog both died goes when the next kernel of the same BASE starts)",
-        _unless_empty(lambda name: validate_name(name, "ephemeral base")), flag="--ephemeral", metavar="BASE",
+        _unless_empty(_container_name("ephemeral base")), flag="--ephemeral", metavar="BASE",
         doc_default="off",
     ),
     # Not settable from a notebook (no %attach form): they guard the host against the notebook's cells.

@@ -50,6 +50,11 @@ MARK = b"<<lxck:"
 ERR_FD = 28
 HOLD_FD = 29
 SOURCE_FD = 27  # bash reads an inline cell from this fd's here-string
+# The longest line the kernel may type. After `stty -echo` busybox ash reads its command lines in the
+# terminal's canonical mode, whose line buffer holds 4095 bytes plus the newline: a longer line never
+# completes and the shell waits forever (measured with lxc-attach and incus exec alike, busybox 1.35).
+# Cells stay far below it (long ones are uploaded); the bootstrap line is about 1.5 KB.
+MAX_TYPED_LINE = 4096
 
 # Printable ASCII that can sit inside a single-quoted printf format unchanged. Excluded: ' (ends the
 # quote), \\ and % (printf format syntax) and ! (bash history expansion when a user turns it back on).

@@ -30,6 +30,7 @@ from .cellrun import Act, Action, CellRun, Phase, RunResult, Timing
 from .errors import LxcKernelError, ShellExited, ShellTimeout
 from .output import Sink
 from .protocol import (
+    MAX_TYPED_LINE,
     SWEEP_STALE_DIRS,
     CellParser,
     Handshake,
@@ -196,7 +197,7 @@ class ShellSession:
         """Watch the shell itself with a pidfd, where the host can see it: a shell that exits while an
         ``&`` job still holds the terminal gives no EOF, but its pidfd turns readable at once."""
         assert self._chan is not None
-        self.shell_host_pid = self.transport.shell_host_pid(self._chan)
+        self.shell_host_pid = self.transport.shell_host_pid(self._chan, self.info.pid if self.info else None)
         if self.shell_host_pid:
             try:
                 self._pidfd = os.pidfd_open(self.shell_host_pid)
@@ -218,6 +219,7 @@ class ShellSession:
         reader, self._reader = self._reader, None
         if reader is None:
             return
+        self.transport.end_spawned(reader)  # type: ignore[arg-type]
         tree = process_tree(reader.pid)  # type: ignore[attr-defined]
         kill_tree(tree)
         wait_gone(tree, 0.3)  # zombies count as gone: the read loop must not wait for init's reaping
@@ -257,11 +259,20 @@ class ShellSession:
             if chan is not None:
                 if chan.alive and self.info is not None and self.info.session_dir:
                     # Polite first: remove the session directory and leave. Bounded, then SIGKILL.
+                    # A host that cannot see the container's processes (a non-root kernel) cannot kill the
+                    # shell's jobs by PID below: the shell kills them itself.
+                    # (Through a file: busybox ash lists no jobs in a $(...) subshell.)
+                    listed = f"'{self.info.session_dir}/jobs'"
+                    jobs = "" if self.transport.capabilities.host_pids else (
+                        f"\\command jobs -p >{listed} 2>/dev/null; "
+                        f"\\command kill -KILL $(\\command cat {listed}) 2>/dev/null; ")
                     try:
-                        chan.write(f"\x15\\command rm -rf '{self.info.session_dir}'; \\exit 0\n".encode(), timeout=0.2)
+                        chan.write(f"\x15{jobs}\\command rm -rf '{self.info.session_dir}'; \\exit 0\n".encode(),
+                                   timeout=0.2)
                     except OSError:
                         pass
                     chan.wait(0.3)
+                self.transport.end_shell(chan, self.info.pid if self.info is not None else None)
                 if chan.alive:
                     chan.hangup()  # Incus and LXD clients only clean up on SIGHUP; lxc-attach takes it too
                     chan.wait(0.1)
@@ -354,7 +365,7 @@ class ShellSession:
         cell = CellRun(
             line, token + self._secret, sink, time.monotonic(), err_token=err_token,
             sync_line=lambda: frame_sync(token, err_token), timing=timing, keep_colors=self.keep_colors,
-            health=self.health_check is not None,
+            health=self.health_check is not None or not self.transport.capabilities.eof_on_death,
         )
         with self._busy:
             if self._chan is None:
@@ -467,13 +478,15 @@ class ShellSession:
                 self._check_running_shell(cell)
             if self._reader_stalled():
                 self._respawn_reader(cell)
-            if self.health_check is not None:
-                try:
+            try:
+                # The transport's own liveness first (a dead cluster member gives no end of file).
+                self.transport.check_alive()
+                if self.health_check is not None:
                     self.health_check()
-                except BaseException:
-                    cell.stop(time.monotonic())  # flush what was read
-                    self.close()
-                    raise
+            except BaseException:
+                cell.stop(time.monotonic())  # flush what was read
+                self.close()
+                raise
         elif act is Act.RESPAWN_STDERR:
             self._respawn_reader(cell)
 
@@ -707,6 +720,10 @@ class ShellSession:
         past ``limit`` is dropped; the shell is still read to the marker, so it stays in step."""
         chan = self._chan
         assert chan is not None
+        if len(line) > MAX_TYPED_LINE:
+            # A shell in canonical mode would wait forever for the end of this line: refuse it.
+            raise LxcKernelError(f"a line of {len(line)} bytes cannot be typed into the shell (the terminal "
+                                 f"takes at most {MAX_TYPED_LINE} with its newline): {line[:80]!r}...")
         parser = CellParser(token + self._secret if secret else token)
         out: list[bytes] = []
         size = 0

@@ -371,6 +371,11 @@ def is_read_write(fdinfo: bytes) -> bool:
 # For every process of the container: its stat fields; for those asleep in the foreground, the syscall,
 # the fd links, the fdinfo flags, the terminal mode, and for select/poll the fd sets out of /proc/PID/mem.
 # $1 = syscall numbers of select-like calls, $2 = of poll-like calls. Runs as the shell's user.
+# The terminal's modes come from the first of fds 0-2 that stty can read: a cell's stdin is `0</dev/tty`,
+# and /proc/PID/fd/0 then reopens /dev/tty, which is the *probe's* controlling terminal (it has none: ENXIO),
+# so a `read -s` looked like a plain prompt; fd 1 is the same terminal by its /dev/pts name. In an
+# unprivileged container that terminal is a host pty that container root may not open (EACCES, measured):
+# the modes stay unknown there, and cellio judges a secret by the prompt's words.
 _INSIDE_PROBE = r"""
 sel=" $1 "; pol=" $2 "
 for d in /proc/[0-9]*; do
@@ -392,7 +397,7 @@ for d in /proc/[0-9]*; do
     { read -r _; read -r fl; } < "$f" 2>/dev/null && echo "F $p ${f##*/} ${fl#flags:}"
   done
   ls -l "$d/fd/" 2>/dev/null | sed -n "s|.* \([0-9][0-9]*\) -> \(.*\)|L $p \1 \2|p"
-  echo "T $p $(stty -g < "$d/fd/0" 2>/dev/null)"
+  echo "T $p $(for f in 0 1 2; do stty -g < "$d/fd/$f" 2>/dev/null && break; done)"
   while read -r k v; do [ "$k" = syscr: ] && echo "I $p $v"; done < "$d/io" 2>/dev/null
 done
 """

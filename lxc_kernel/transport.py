@@ -41,6 +41,9 @@ class Capabilities:
     host_pids: bool = True
     # The PTY shell is a child (or the child of a child) of the process the transport spawned.
     shell_is_descendant: bool = True
+    # The channel reaches end of file when the target dies. Where it may not (a dead cluster member),
+    # the session consults ``Transport.check_alive`` at every health tick of a silent cell.
+    eof_on_death: bool = True
 
 
 class PtyChannel:
@@ -167,9 +170,22 @@ class Transport:
         """The environment of the host processes this transport starts."""
         return dict(TOOL_ENV)
 
-    def shell_host_pid(self, channel: PtyChannel) -> int | None:
-        """The shell's PID in the host's /proc, when the host can see it."""
+    def shell_host_pid(self, channel: PtyChannel, shell_pid: int | None = None) -> int | None:
+        """The shell's PID in the host's /proc, when the host can see it. ``shell_pid`` is its ``$$``, the
+        PID inside the target, from the handshake."""
         return None
+
+    def end_spawned(self, proc: subprocess.Popen[bytes]) -> None:
+        """Called before a helper from :meth:`spawn` is killed by PID. Where killing the host's process
+        leaves the helper running in the target for a moment (ssh), the transport ends it there first."""
+
+    def end_shell(self, channel: PtyChannel, shell_pid: int | None) -> None:
+        """Called as a session closes, before its host processes are signalled, with the shell's PID in
+        the target (``$$``). Where killing the host's client leaves the shell's processes behind (ssh),
+        the transport ends them here; elsewhere the host's process tree covers them."""
+    def check_alive(self) -> None:
+        """Raise a LxcKernelError when the shell's target is gone without the channel saying so (no end of
+        file). Called while a cell is silent, at each health tick. Most transports get an end of file."""
 
     # -- shared I/O -------------------------------------------------------------------------------
     def open_shell(self, dimensions: tuple[int, int] = (24, 120)) -> PtyChannel:
@@ -235,7 +251,7 @@ class LocalTransport(Transport):
     def pipe_argv(self, argv: Sequence[str]) -> list[str]:
         return list(argv)
 
-    def shell_host_pid(self, channel: PtyChannel) -> int | None:
+    def shell_host_pid(self, channel: PtyChannel, shell_pid: int | None = None) -> int | None:
         return channel.pid
 
 
@@ -283,9 +299,23 @@ def process_tree(pid: int) -> list[psutil.Process]:
 def kill_tree(processes: Sequence[psutil.Process], sig: int = signal.SIGKILL) -> None:
     for proc in processes:
         try:
-            proc.send_signal(sig)
+            proc.send_signal(signal_for(proc, sig))
         except (psutil.Error, PermissionError):
             pass
+
+
+def signal_for(proc: psutil.Process, sig: int) -> int:
+    """SIGTERM instead of SIGKILL for a set-uid process of ours (sudo, when the kernel is not root): sudo
+    passes TERM on to the root lxc-attach it runs, which this user cannot signal, while a SIGKILLed sudo
+    leaves that lxc-attach and what runs under it behind (measured: the stderr reader stayed)."""
+    euid = os.geteuid()
+    if sig != signal.SIGKILL or euid == 0:
+        return sig
+    try:
+        uids = proc.uids()
+    except psutil.Error:
+        return sig
+    return signal.SIGTERM if uids.real == euid and uids.effective != euid else sig
 
 
 def wait_gone(processes: Sequence[psutil.Process], timeout: float) -> None:

@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 
 from .attach import AttachOptions
-from .bounded import MiB, run_bounded
+from .bounded import MiB
 from .errors import ConfigError, LxcCommandError, LxcNotInstalled
-from .lxc import Container
+from .transport import Transport
 
 # Container root controls these files: one pointed at a 200 MB file grew the kernel by 600 MB when
 # they were read whole (issue 7). Real ones are a few KiB; 4 MiB is thousands of accounts.
@@ -75,23 +75,24 @@ def lookup(spec: str, passwd: str, group: str) -> Account:
     return account
 
 
-def _read_file(container: Container, path: str, timeout: float = 15.0) -> str:
-    """The container's ``path`` (at most ACCOUNT_FILE_LIMIT bytes, else OutputTooLarge naming it);
-    a missing /etc/group reads as empty, a missing /etc/passwd is an error."""
-    argv = AttachOptions(container.name, tools=container.tools).argv(["/bin/cat", path])
+def _read_file(transport: Transport, path: str, timeout: float = 15.0) -> str:
+    """The container's ``path`` (at most ACCOUNT_FILE_LIMIT bytes, else OutputTooLarge naming it), read
+    through the transport's pipe channel (lxc-attach, incus exec, ssh); a missing /etc/group reads as
+    empty, a missing /etc/passwd is an error."""
+    argv = ["/bin/cat", path]
     try:
-        proc = run_bounded(argv, timeout=timeout, stdout_limit=ACCOUNT_FILE_LIMIT,
-                           what=f"the container's {path}")
+        proc = transport.run(argv, timeout=timeout, limit=ACCOUNT_FILE_LIMIT, what=f"the container's {path}")
     except FileNotFoundError as exc:
-        raise LxcNotInstalled(argv[0]) from exc
+        raise LxcNotInstalled(transport.pipe_argv(argv)[0]) from exc
     if proc.returncode != 0 and path == "/etc/passwd":
-        raise LxcCommandError(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        raise LxcCommandError(list(proc.argv), proc.returncode, proc.stderr.decode("utf-8", "replace"))
     # Account files are ASCII in practice; a stray byte must not fail the lookup of every other line.
     return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else ""
 
 
-def resolve_user(container: Container, spec: str, options: AttachOptions) -> AttachOptions:
-    """Options attaching as ``spec``, with HOME, USER and LOGNAME following the account."""
-    parse_spec(spec)  # refuse bad input before any lxc-* runs
-    account = lookup(spec, _read_file(container, "/etc/passwd"), _read_file(container, "/etc/group"))
+def resolve_user(transport: Transport, spec: str, options: AttachOptions) -> AttachOptions:
+    """Options attaching as ``spec``, with HOME, USER and LOGNAME following the account. ``transport``
+    reaches the container as root (the account files are read there)."""
+    parse_spec(spec)  # refuse bad input before any tool runs
+    account = lookup(spec, _read_file(transport, "/etc/passwd"), _read_file(transport, "/etc/group"))
     return options.with_(uid=account.uid, gid=account.gid, user_name=account.name, home=account.home)

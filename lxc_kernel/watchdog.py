@@ -7,10 +7,12 @@ handing it a pidfd of the kernel and the read end of a pipe. The watchdog
 - keeps psutil handles (PID plus start time) of the kernel's descendants, looked up every
   :data:`SCAN_INTERVAL` seconds and whenever the kernel says ``scan`` (at each cell): the lxc-attach
   sessions, the stderr reader, helpers, and what runs under them;
-- learns the kernel's spill directory (``spill``) from the pipe;
+- learns the kernel's spill directory (``spill``) from the pipe, and commands to run at its death
+  (``on_death``: what the host cannot kill by PID, such as a shell on another host behind ssh);
 - on ``bye`` (a clean shutdown: the kernel already closed its shells, removed its copy and its files)
   exits at once;
-- when the pidfd turns readable (the kernel died, by any signal): kills the recorded processes that
+- when the pidfd turns readable (the kernel died, by any signal): runs the ``on_death`` commands (each
+  bounded by :data:`ON_DEATH_TIMEOUT`, while the connections they need still live), kills the recorded processes that
   still are the same processes, removes the ephemeral copies whose lock the kernel held
   (ephemeral.cleanup_kernel), removes the spill directory, and exits.
 
@@ -40,6 +42,7 @@ log = logging.getLogger("lxc_kernel.watchdog")
 
 SCAN_INTERVAL = 1.0  # seconds between looks at the kernel's process tree
 MESSAGE_LIMIT = 1 << 16
+ON_DEATH_TIMEOUT = 5.0  # seconds each on_death command may take
 # What the watchdog needs of the kernel's environment: the lock directory (XDG_RUNTIME_DIR, TMPDIR),
 # the lxc-* tools of a non-root user (HOME), and where the package is (PYTHONPATH).
 _PASS_ENV = ("HOME", "XDG_RUNTIME_DIR", "TMPDIR", "PYTHONPATH")
@@ -70,6 +73,11 @@ class Watchdog:
 
     def spill_dir(self, path: str) -> None:
         self.tell(spill=path)
+
+    def on_death(self, key: str, argv: Sequence[str] | None) -> None:
+        """Run ``argv`` (PATH-only environment) if the kernel dies; a later call with the same ``key``
+        replaces it, None forgets it."""
+        self.tell(on_death={"key": key, "argv": list(argv) if argv is not None else None})
 
     def stop(self, timeout: float = 2.0) -> None:
         """A clean shutdown: say bye, wait for the watchdog to leave (and reap it); kill it if it stays."""
@@ -146,17 +154,33 @@ class Tracker:
             with contextlib.suppress(psutil.Error):
                 for child in proc.children(recursive=True):
                     victims.setdefault(child.pid, child)
+        from .transport import signal_for
+
         for proc in victims.values():
-            # psutil checks the start time before signalling: a PID reused since is never hit.
+            # psutil checks the start time before signalling: a PID reused since is never hit. A sudo of a
+            # non-root kernel gets SIGTERM, which it passes on to the root lxc-attach this user cannot signal.
             with contextlib.suppress(psutil.Error, PermissionError):
-                proc.send_signal(signal.SIGKILL)
+                proc.send_signal(signal_for(proc, signal.SIGKILL))
         with contextlib.suppress(psutil.Error):
-            psutil.wait_procs(list(victims.values()), timeout=grace)
+            _, alive = psutil.wait_procs(list(victims.values()), timeout=grace)
+            for proc in alive:
+                with contextlib.suppress(psutil.Error, PermissionError):
+                    proc.send_signal(signal.SIGKILL)
         return len(victims)
 
 
-def cleanup(tracker: Tracker, spill_dirs: Sequence[str]) -> None:
+def run_on_death(commands: dict[str, list[str]]) -> None:
+    for argv in commands.values():
+        try:
+            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={"PATH": TOOL_ENV["PATH"]}, cwd="/", timeout=ON_DEATH_TIMEOUT)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("on_death command %s failed: %s", argv[:1], exc)
+
+
+def cleanup(tracker: Tracker, spill_dirs: Sequence[str], on_death: dict[str, list[str]] | None = None) -> None:
     started = time.monotonic()
+    run_on_death(on_death or {})
     killed = tracker.kill_all()
     from . import ephemeral, hostdirs  # the lxc-* side is needed only now
 
@@ -174,6 +198,7 @@ def cleanup(tracker: Tracker, spill_dirs: Sequence[str]) -> None:
 def watch(kernel_pid: int, pidfd: int, pipe: int) -> int:
     tracker = Tracker(kernel_pid)
     spill_dirs: list[str] = []
+    on_death: dict[str, list[str]] = {}
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     poller.register(pipe, select.POLLIN)
@@ -208,10 +233,22 @@ def watch(kernel_pid: int, pidfd: int, pipe: int) -> int:
                         spill_dirs.append(message["spill"])
                     if message.get("scan"):
                         next_scan = 0.0
+                    remember(on_death, message.get("on_death"))
                 pending = pending[-MESSAGE_LIMIT:]
             elif fd == pidfd:
-                cleanup(tracker, spill_dirs)
+                cleanup(tracker, spill_dirs, on_death)
                 return 0
+
+
+def remember(on_death: dict[str, list[str]], value: object) -> None:
+    """Pure: take an ``on_death`` message ({"key": str, "argv": [str, ...] | None}) if it is well formed."""
+    if not isinstance(value, dict) or not isinstance(value.get("key"), str):
+        return
+    argv = value.get("argv")
+    if argv is None:
+        on_death.pop(value["key"], None)
+    elif isinstance(argv, list) and argv and all(isinstance(word, str) for word in argv):
+        on_death[value["key"]] = argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:

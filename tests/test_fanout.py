@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Kernel, Result, alive, descendants, start_kernel
+from conftest import SH, Kernel, Result, alive, descendants, start_kernel
 
 from lxc_kernel import fanout, magics
 from lxc_kernel.errors import ConfigError
@@ -319,7 +319,7 @@ def test_state_is_kept_per_target_and_plain_cells_keep_their_shell(kernel: Kerne
     for name, block in blocks(r.messages).items():
         assert streams_of(block)[1] == f"was {name}\n/tmp\nf:1\n"
     plain = kernel.execute('echo "${x:-unset}"; pwd; hostname')
-    assert plain.stream() == "unset\n/root\nlxck-test-sh\n"
+    assert plain.stream() == f"unset\n/root\n{SH}\n"
     status = kernel.execute("%on status")
     table = status.of_type("display_data")[0]["content"]["data"]["text/plain"]
     for name in pair:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lxc_kernel import ephemeral, install, magics
+from lxc_kernel.backends import ClassicBackend
 from lxc_kernel.errors import ConfigError
 from lxc_kernel.lxc import ContainerInfo, Snapshot, State, Tools, parse_fancy
 from lxc_kernel.options import OPTIONS
@@ -34,6 +35,7 @@ class FakeHost:
         self.out: list[tuple[str, str]] = []
         # A PATH without lxc tools: anything that tried to run one would fail loudly, not silently pass.
         self.tools = Tools(lxcpath="/nonexistent-lxcpath")
+        self.lifecycle = ClassicBackend(self.tools)
 
     def emit_text(self, text: str, stream: str = "stdout") -> None:
         self.out.append((stream, text))

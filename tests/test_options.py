@@ -19,6 +19,7 @@ from traitlets.config import Config
 from traitlets.config.loader import KVArgParseConfigLoader
 
 from lxc_kernel import install, magics, options
+from lxc_kernel.backends import ClassicBackend
 from lxc_kernel.errors import ConfigError
 from lxc_kernel.kernel import LXCKernel
 from lxc_kernel.lxc import Tools
@@ -35,6 +36,7 @@ class Host:
             setattr(self, option.name, option.initial())
         self.shell_session: Any = None
         self.tools = Tools(lxcpath="/nonexistent-lxcpath")  # no lxc tool can run by accident
+        self.lifecycle = ClassicBackend(self.tools)
         self.out: list[str] = []
 
     def emit_text(self, text: str, stream: str = "stdout") -> None:
@@ -105,7 +107,9 @@ def test_kernelspec_argv_from_every_install_flag_round_trips_into_the_kernel() -
          "--magics", "none", "--transfer-root", "/srv/notebooks"]
     )
     traits = install.traits_from_args(args)
-    flags = {option.name for option in OPTIONS if option.flag} - {"ephemeral"}
+    # The incus/lxd and ssh flags don't go with a classic local container: test_backend_flags_round_trip has them.
+    flags = {option.name for option in OPTIONS if option.flag} - {"ephemeral", "backend", "project", "image", "ssh",
+                                                                   "ssh_options"}
     assert set(traits) == flags, "every install flag was given once"
     spec = install.kernel_spec(display_name="x", traits=traits)
     k = LXCKernel(config=KVArgParseConfigLoader(spec["argv"][5:]).load_config())
@@ -115,6 +119,20 @@ def test_kernelspec_argv_from_every_install_flag_round_trips_into_the_kernel() -
     # --env values travel in kernel.json's env (the kernel's environment), named by keep_env: never in argv
     assert spec["env"] == {"A": "1", "B": "x=y"} and k.env == {} and k.keep_env == ["LANG", "A", "B"]
     assert k.elevated == "CAP" and k.cell_timeout == 30.0
+
+
+@pytest.mark.parametrize("argv", [
+    ["--backend", "incus", "--container", "r1:web-1", "--project", "p1", "--create-missing", "--image", "lxck-bb"],
+    ["--backend", "lxd", "--container", "web-1", "--start-stopped"],
+    ["--container", "c1", "--ssh", "student@host-2.example:2222", "--lxcpath", "/srv/lxc",
+     "--ssh-option", "IdentityFile=/srv/key", "--ssh-option", "ConnectTimeout=5"],
+])
+def test_backend_flags_round_trip(argv: list[str]) -> None:
+    traits = install.traits_from_args(install.build_parser().parse_args(argv))
+    spec = install.kernel_spec(display_name="x", traits=traits)
+    k = LXCKernel(config=KVArgParseConfigLoader(spec["argv"][5:]).load_config())
+    for name, value in traits.items():
+        assert getattr(k, name) == value, name
 
 
 # -- one validator, three ways in ---------------------------------------------------------------------

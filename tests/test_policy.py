@@ -50,6 +50,10 @@ class Host:
     def tools(self) -> Any:
         raise AssertionError("no lxc tool may run in these tests")
 
+    @property
+    def lifecycle(self) -> Any:
+        raise AssertionError("no backend may run in these tests")
+
     def emit_text(self, text: str, stream: str = "stdout") -> None:
         self.out.append(text)
 

@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import Iterator
@@ -420,8 +421,12 @@ def test_hostfs_overlay_and_ephemeral_clones_work_and_destroy_cleans_up() -> Non
 
 @needs_lxc
 @pytest.mark.timeout(120)
-def test_cli_creates_reports_and_destroys_under_its_own_lxcpath(tmp_path: Path) -> None:
-    name, lxcpath = tmp_name(), str(tmp_path / "lxc")
+def test_cli_creates_reports_and_destroys_under_its_own_lxcpath() -> None:
+    # Container root (a mapped uid) must walk down to its rootfs, and pytest's tmp_path is under a 0700
+    # directory: the lxcpath gets a directory of its own, searchable only.
+    base = tempfile.mkdtemp(prefix=PREFIX)
+    os.chmod(base, 0o711)
+    name, lxcpath = tmp_name(), os.path.join(base, "lxc")
     env = {**TOOL_ENV, "PYTHONPATH": str(REPO)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -440,9 +445,10 @@ def test_cli_creates_reports_and_destroys_under_its_own_lxcpath(tmp_path: Path) 
         gone = cli("--destroy")
         assert (gone.returncode, gone.stdout) == (0, f"destroyed {name}\n")
         assert cli("--destroy").stdout == f"absent {name}\n"
-        assert not (tmp_path / "lxc" / name).exists()
+        assert not Path(lxcpath, name).exists()
     finally:
         destroy_container(name, Tools(lxcpath=lxcpath))
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @needs_lxc

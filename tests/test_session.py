@@ -1,5 +1,8 @@
 """The session core's behaviour suite, run on every transport: `local` (a real shell under a real PTY on
-this host: no LXC, no root) and `lxc-attach` into the busybox and bash test containers.
+this host: no LXC, no root), `lxc-attach` into the busybox and bash test containers, and `ssh` (lxc-attach
+on another host through one ControlMaster link: the network-namespace host's busybox container, and the bash
+container through sshd on loopback; see tests/sshhost.py), and `incus exec`/LXD's `lxc exec` into busybox and
+bash instances: local, on a second cluster member, and through a TLS remote (see tests/incus_support.py).
 
 The same session, cell machine, interrupt/resync, stderr channel and input detection everywhere; a
 transport either passes or the test says why not. Without LXC (or not as root) only the local ones run,
@@ -14,11 +17,14 @@ import shutil
 import time
 from collections.abc import Iterator
 
+import incus_support
 import psutil
 import pytest
+import sshhost
 
 from lxc_kernel.attach import AttachOptions, LxcAttachTransport
 from lxc_kernel.session import RunHooks, ShellSession
+from lxc_kernel.ssh import SshTransport
 from lxc_kernel.transport import LocalTransport, Transport
 
 SHELLS = {"bash": ["bash", "--noprofile", "--norc", "--noediting"], "ash": ["busybox", "sh"]}
@@ -29,8 +35,19 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
+    if kind in sshhost.HOSTS:
+        if host_pids:
+            pytest.skip("over ssh the host cannot see the container's processes (they are on the other host)")
+        return sshhost.transport(kind)
     if kind in SHELLS:
         return LocalTransport(SHELLS[kind], **({} if host_pids is None else {"host_pids": host_pids}))
+    if kind in incus_support.TARGETS:
+        transport: Transport = incus_support.transport(kind)
+        if host_pids is not None:
+            if host_pids and not transport.capabilities.host_pids:
+                pytest.skip(f"{kind}: the host cannot see this instance's processes")
+            transport.capabilities = dataclasses.replace(transport.capabilities, host_pids=host_pids)
+        return transport
     from conftest import ensure_test_containers
 
     ensure_test_containers()
@@ -40,7 +57,17 @@ def make_transport(kind: str, host_pids: bool | None = None) -> Transport:
     return transport
 
 
-KINDS = [k for k in SHELLS if shutil.which(SHELLS[k][0])] + (list(CONTAINERS) if LXC else [])
+SSH_MISSING = sshhost.missing()
+SSH_KINDS = [pytest.param(k, marks=pytest.mark.skipif(SSH_MISSING is not None, reason=SSH_MISSING or ""))
+             for k in sshhost.HOSTS]
+KINDS = [k for k in SHELLS if shutil.which(SHELLS[k][0])] + (list(CONTAINERS) if LXC else []) + SSH_KINDS
+KINDS += list(incus_support.TARGETS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _incus_instances() -> Iterator[None]:
+    yield
+    incus_support.cleanup()
 
 
 @pytest.fixture(params=KINDS)
@@ -114,10 +141,27 @@ def _reader_procs(session: ShellSession) -> list[psutil.Process]:
     return psutil.Process(reader).children(recursive=True) or [psutil.Process(reader)]
 
 
+def kill_reader(session: ShellSession) -> None:
+    """Kill the stderr reader where the container's processes can: its `cat` inside the container (over
+    ssh the host only has the client, and a killed client leaves the remote `cat` reading for a moment)."""
+    kind = next((k for k, (target, _) in sshhost.HOSTS.items()
+                 if isinstance(session.transport, SshTransport) and str(session.transport.link.target) == target),
+                None)
+    if kind is None:
+        for proc in _reader_procs(session):
+            proc.kill()
+        return
+    err = f"{session.info.session_dir}/err"  # type: ignore[union-attr]
+    deadline = time.monotonic() + 15  # the reader starts a moment after the shell answers
+    while not (cats := [pid for pid, _, cmd in sshhost.processes_inside(kind) if cmd.strip() == f"cat {err}"]):
+        assert time.monotonic() < deadline, "no stderr reader inside"
+        time.sleep(0.05)
+    sshhost.inside(kind, f"kill -9 {' '.join(map(str, cats))}")
+
+
 def test_killed_stderr_reader_is_replaced_without_spinning(session: ShellSession) -> None:
     """Killing the reader made the kernel spin at 100% CPU and lose stderr."""
-    for proc in _reader_procs(session):
-        proc.kill()
+    kill_reader(session)
     time.sleep(0.2)
     me = psutil.Process()
     cpu0 = sum(me.cpu_times()[:2])
@@ -128,8 +172,7 @@ def test_killed_stderr_reader_is_replaced_without_spinning(session: ShellSession
 
 def test_stderr_flood_with_reader_replaced_does_not_block(session: ShellSession) -> None:
     """Killing only the reader's `cat` blocked a cell writing 200 KB to stderr until interrupted."""
-    for proc in _reader_procs(session):
-        proc.kill()
+    kill_reader(session)
     status, out, err, result = run(session, "head -c 200000 /dev/zero | tr '\\0' e >&2; echo done", timeout=20)
     assert status == 0 and out == "done\n" and not result.interrupted  # type: ignore[attr-defined]
     # A killed reader may take what it had already read with it; then the cell says so.
@@ -177,6 +220,9 @@ def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
     """Where the host cannot see the shell (ssh, sudo), the same detection runs inside the container."""
     s = ShellSession(make_transport(kind, host_pids))
     s.start()
+    if host_pids and not s.shell_host_pid:
+        s.close()
+        pytest.skip(f"{kind}: the shell runs on another cluster member, whose processes the host cannot see")
     try:
         hooks = Prompts(s)
         out: list[str] = []
@@ -190,16 +236,73 @@ def test_input_detection_host_and_inside(kind: str, host_pids: bool) -> None:
         s.close()
 
 
+class Secrets(Prompts):
+    """Records whether each detected prompt reads a secret (echo off, as `read -s` sets it)."""
+
+    def __init__(self, session: ShellSession) -> None:
+        super().__init__(session)
+        self.modes: list[bool] = []
+
+    def idle(self) -> None:
+        waiter = self.session.find_waiter()
+        if waiter is not None:
+            self.modes.append(None if waiter.lflag is None else waiter.password or waiter.password_echo_off)
+            self.session.send_input(b"alice\n")
+
+
+@pytest.mark.parametrize("host_pids", [True, False], ids=["host-proc", "inside-probe"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_silent_read_is_a_secret_host_and_inside(kind: str, host_pids: bool) -> None:
+    """`read -s` turns echo off: seen from the host's /proc and from inside (where a cell's stdin is
+    /dev/tty, which the probe cannot reopen: the modes come from the same terminal on fd 1), except in an
+    unprivileged container, where the probe may not open that terminal at all."""
+    s = ShellSession(make_transport(kind, host_pids))
+    s.start()
+    try:
+        hooks = Secrets(s)
+        r = s.run("read -s -p 'PW: ' pw; echo; echo ${#pw}", lambda st, t: None, stdin=True, hooks=hooks)
+        assert r.status == 0 and hooks.modes
+        if hooks.modes[0] is None:
+            # Only in an unprivileged container: its shell's terminal is a host pty that container root may
+            # not open, so the probe cannot read the modes (cellio then goes by the prompt's words).
+            assert not host_pids
+            _, uid_map = s.query("cat /proc/self/uid_map")
+            assert uid_map.split()[:3] != ["0", "0", "4294967295"], "modes unreadable in a privileged container"
+        else:
+            assert hooks.modes[0] is True
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_close_ends_every_process(kind: str) -> None:
-    s = ShellSession(make_transport(kind))
+    transport = make_transport(kind)
+    s = ShellSession(transport)
     s.start()
     s.run("sleep 300 & sleep 301 &", lambda *_: None)
     tree = [p for pid in s.pids for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
-    assert len(tree) >= 4
+    shell = s.info.pid  # type: ignore[union-attr]
+    ssh = kind in sshhost.HOSTS
+    in_instance = not ssh and not transport.capabilities.shell_is_descendant
+    if ssh:  # the jobs are on the other host: look for them inside the container
+        assert len(tree) >= 2
+        assert {"sleep 300", "sleep 301"} <= {cmd.strip() for _, _, cmd in sshhost.processes_inside(kind)}
+    elif in_instance:
+        # incus exec: the shell's host parent is the daemon, not the client; check the instance itself.
+        assert len(tree) >= 2 and "sleep 301" in " ".join(incus_support.processes(kind))
+    else:
+        assert len(tree) >= 4
     s.close()
     _, alive = psutil.wait_procs(tree, timeout=3)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    if ssh:
+        left = [(pid, cmd) for pid, state, cmd in sshhost.processes_inside(kind)
+                if state != "Z" and (pid == shell or cmd.strip() in ("sleep 300", "sleep 301") or "lxck" in cmd)]
+        assert not left, left
+    if in_instance:
+        # Nothing but the instance's init: no shell, no job, no stderr reader.
+        left2 = [cmd for cmd in incus_support.processes(kind) if cmd not in ("init", "/sbin/init")]
+        assert not left2, left2
 
 
 def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -> None:
@@ -211,3 +314,17 @@ def test_query_that_ignores_interrupt_keeps_the_session(session: ShellSession) -
         session.query("trap '' INT; sleep 3", timeout=0.3)
     assert session.alive
     assert run(session, "echo $kept")[1] == "yes\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_overlong_typed_line_fails_at_once(kind: str) -> None:
+    """busybox ash (after `stty -echo`) waited forever for a typed line over 4095 bytes, on lxc-attach and
+    incus exec alike: a setup line that long is refused before it is typed, and the shell is closed."""
+    from lxc_kernel.errors import LxcKernelError
+
+    s = ShellSession(make_transport(kind), setup=["x=" + "y" * 5000])
+    started = time.monotonic()
+    with pytest.raises(LxcKernelError, match="cannot be typed"):
+        s.start()
+    assert time.monotonic() - started < 8
+    assert not s.alive

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 
 
@@ -51,7 +52,17 @@ class ShellExited(LxcKernelError):
     def __init__(self, status: int | None, detail: str = "") -> None:
         self.status = status
         shown = "an unknown status" if status is None else str(status)
-        msg = f"the shell exited with {shown}; its state (variables, cwd, jobs) is gone"
+        msg = f"the shell exited with {shown}"
+        if status is not None and 128 < status < 128 + 65:
+            # 128+N is how a shell (and lxc-attach) report death by signal N; name it, and the usual cause of
+            # a SIGKILL nobody typed: the out-of-memory killer of the container's memory limit.
+            try:
+                sig = signal.Signals(status - 128).name
+            except ValueError:
+                sig = f"signal {status - 128}"
+            msg += f" (128+{status - 128}: what a shell killed by {sig} reports"
+            msg += "; the out-of-memory killer, `kill -9`, or a killed lxc-attach)" if sig == "SIGKILL" else ")"
+        msg += "; its state (variables, cwd, jobs) is gone"
         super().__init__(f"{msg}. {detail}".strip() if detail else f"{msg}.")
 
 

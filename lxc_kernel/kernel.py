@@ -183,8 +183,17 @@ class LXCKernel(Kernel):
     def ensure_session(self, *, prepare: bool = True, quiet: bool = False) -> ShellSession:
         """The live shell, attached now if needed. ``prepare=False`` never creates, starts or unfreezes
         the container, and ``quiet`` publishes nothing on IOPub: what completion and inspection need."""
+        if not quiet and getattr(self, "_lost_note", ""):
+            self._stream("stderr", self._lost_note)
+            self._lost_note = ""
         if self.shell_session is not None and self.shell_session.alive:
             return self.shell_session
+        lost = self.shell_session
+        if lost is not None:
+            # The shell ended on its own between cells (killed, the OOM killer, its lxc-attach died): a
+            # deliberate close sets shell_session to None first. Say so, or its state vanishes silently.
+            self._lost_note = (f"note: between cells, {ShellExited(lost.exit_status())} "
+                               "This cell runs in a fresh shell.\n")
         self.close_session()
         if prepare:
             self.prepare_container()
@@ -220,6 +229,9 @@ class LXCKernel(Kernel):
             raise
         self.shell_session = session
         self._options = options
+        if not quiet and getattr(self, "_lost_note", ""):
+            self._stream("stderr", self._lost_note)
+            self._lost_note = ""
         end_shell = getattr(session.transport, "end_shell_argv", None)
         if end_shell is not None and session.info is not None and hasattr(self._watchdog, "on_death"):
             # Behind ssh the host cannot kill the shell's jobs by PID: if this kernel dies, its watchdog

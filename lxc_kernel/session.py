@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import stdin as input_detection
 from .bounded import OutputTooLarge
@@ -61,6 +63,10 @@ _UPLOAD = 'umask 077; cat > "$1"'
 
 class LineTaken(LxcKernelError):
     """Another reader of the shell's terminal kept taking the kernel's typed line."""
+
+
+class FramingLost(LxcKernelError):
+    """The shell went back to reading its next command line without printing the cell's end marker."""
 
 
 class UploadFailed(LxcKernelError):
@@ -119,6 +125,8 @@ class ShellSession:
         self.on_new_dir = on_new_dir
         self.info: Handshake | None = None
         self.shell_host_pid: int | None = None
+        self._termios: tuple[int, list[Any]] | None = None  # the shell's terminal after the handshake
+        self._prompt_ticks = 0  # health ticks that saw a running cell's shell back at its prompt
         self.notices: list[str] = []  # things the user should hear about once (stderr merged...)
         self._chan: PtyChannel | None = None
         self._reader: object | None = None  # subprocess.Popen of the stderr reader
@@ -139,6 +147,10 @@ class ShellSession:
     @property
     def alive(self) -> bool:
         return self._chan is not None and self._chan.alive
+
+    def exit_status(self, wait: float = 0.5) -> int | None:
+        """How the shell ended (None while it runs or when unknown)."""
+        return self._chan.exit_status(wait) if self._chan is not None and not self._chan.alive else None
 
     @property
     def pid(self) -> int | None:
@@ -169,6 +181,8 @@ class ShellSession:
                 out = self._exchange(frame_query(line, token), token, deadline)
                 if self._last_status:
                     raise ShellExited(None, f"session setup `{line}` failed: {out.decode(errors='replace').strip()}")
+            if self.shell_host_pid:
+                self._termios = input_detection.terminal_attrs(self.shell_host_pid)
             if self.separate_stderr and info.session_dir:
                 self._err_enabled = True
                 self._spawn_reader()
@@ -330,6 +344,7 @@ class ShellSession:
             raise ShellExited(None, "the shell is not running")
         self._drain_wake()
         self._interrupt = False
+        self._prompt_ticks = 0
         token = new_token()
         err_token = new_token() if self._err_enabled else None
         stdin_null = self.stdin_null if stdin is None else not stdin
@@ -370,7 +385,21 @@ class ShellSession:
             self.close()
         elif result.repairs and self.alive:
             self._repair(result.repairs)
+        self._restore_terminal()
         return result
+
+    def _restore_terminal(self) -> None:
+        """A cell's `stty` (`erase x`, `-icanon`, `-isig`, `eof ^B`...) would garble or stall the kernel's next
+        typed line (seen: `stty erase x` ate the x of every framing word), so the terminal the shell reads is
+        put back as it was after the handshake. Only where the host sees the shell (/proc)."""
+        saved = self._termios
+        if saved is None or not self.shell_host_pid or not self.alive:
+            return
+        if input_detection.restore_terminal(self.shell_host_pid, saved):
+            self.notices.append(
+                "the cell changed the terminal settings (stty); they were put back, because the kernel types "
+                "every cell through that terminal"
+            )
 
     def _drive(self, cell: CellRun, hooks: RunHooks | None) -> None:
         """The select loop: forward bytes and ticks to ``cell``, carry out its actions."""
@@ -445,6 +474,8 @@ class ShellSession:
                     self._retype(cell, chan)
             elif cell.phase is Phase.SENT:
                 cell.idle_line_seen = 0
+            elif cell.phase is Phase.RUNNING:
+                self._check_running_shell(cell)
             if self._reader_stalled():
                 self._respawn_reader(cell)
             try:
@@ -467,6 +498,35 @@ class ShellSession:
             return False
         fds = input_detection.waiting_fds(pid)
         return bool(fds) and all(input_detection.own_line_read(pid, fd) for fd in fds)
+
+    def _check_running_shell(self, cell: CellRun) -> None:
+        """A silent running cell whose shell is stopped, or back at its prompt, would wait forever.
+
+        A stopped shell (``kill -STOP $$``: interactive shells ignore only SIGTSTP) is sent SIGCONT and the
+        user told. A shell that reads its own next line at two health ticks in a row (2 s, so an end marker
+        still in transit under load is not mistaken) has lost the cell's framing: the cell redirected the
+        shell's own stdout (``exec >/dev/null`` in ash), a signal cut the framing line short (``kill -INT
+        $$`` in ash), or the like. Its end marker will never come, so the cell fails and the shell, whose
+        stdout can no longer be trusted, is closed. Only the host's /proc can tell either."""
+        pid = self.shell_host_pid
+        if not pid:
+            return
+        if input_detection.process_state(pid) == "T":
+            os.kill(pid, signal.SIGCONT)
+            self.notices.append("the shell was stopped (SIGSTOP) while the cell ran; the kernel continued it")
+            return
+        if not self._shell_awaits_line():
+            self._prompt_ticks = 0
+            return
+        self._prompt_ticks += 1
+        if self._prompt_ticks >= 2:
+            self._prompt_ticks = 0
+            cell.stop(time.monotonic())
+            raise FramingLost(
+                "the shell went back to its prompt but the cell's end marker never came: the cell redirected "
+                "the shell's own stdout (`exec >/dev/null`, `exec 1>&-`) or a signal cut the kernel's framing "
+                "short (`kill -INT $$`). The shell was closed; the next cell starts a fresh one."
+            )
 
     def _retype(self, cell: CellRun, chan: PtyChannel) -> None:
         """Type the cell's line again; a thief has its two token halves, but without the session's

@@ -177,6 +177,15 @@ def _read_mem(pid: int, address: int, size: int) -> bytes | None:
         return None
 
 
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc/PID/stat (``T`` stopped, ``t`` traced, ``S`` asleep...)."""
+    text = _read(f"/proc/{pid}/stat")
+    if not isinstance(text, str) or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0] if fields else None
+
+
 def waiting_fds(pid: int) -> list[int]:
     """Terminal fds that ``pid`` is blocked reading right now (empty if it isn't)."""
     text = _read(f"/proc/{pid}/syscall")
@@ -195,6 +204,56 @@ def waiting_fds(pid: int) -> list[int]:
         mem = _read_mem(pid, args[0], 8 * nfds) if 0 < nfds <= 1024 else None
         candidates = fds_in_poll(mem) if mem else []
     return _tty_fds(pid, candidates)
+
+
+def terminal_attrs(pid: int) -> tuple[int, list[Any]] | None:
+    """The shell's terminal, from the host: which of its fds 0-2 it is, and its termios attributes."""
+    for fd in (0, 1, 2):
+        try:
+            tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            return fd, termios.tcgetattr(tty)
+        except termios.error:
+            continue
+        finally:
+            os.close(tty)
+    return None
+
+
+# What decides how the shell's next typed line is read: line editing characters, signals, CR/NL mapping.
+# Other modes are left alone: bash itself turns ECHO back on when a job dies by a signal (it restores the
+# modes it saved at startup), and the kernel discards the echo anyway.
+_LINE_IFLAG = termios.ICRNL | termios.IGNCR | termios.INLCR | termios.ISTRIP | termios.IXON
+_LINE_LFLAG = termios.ICANON | termios.ISIG | termios.IEXTEN
+_LINE_CC = (termios.VINTR, termios.VQUIT, termios.VERASE, termios.VKILL, termios.VEOF, termios.VEOL,
+            termios.VEOL2, termios.VWERASE, termios.VLNEXT, termios.VREPRINT, termios.VSUSP, termios.VSTOP)
+
+
+def restore_terminal(pid: int, saved: tuple[int, list[Any]]) -> bool:
+    """Put the line-reading modes and characters of the terminal of ``pid`` back to ``saved`` (from
+    :func:`terminal_attrs`) if a cell changed them; True when it had to."""
+    fd, attrs = saved
+    try:
+        tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        now = termios.tcgetattr(tty)
+        want = [*now[:6], list(now[6])]
+        want[0] = (now[0] & ~_LINE_IFLAG) | (attrs[0] & _LINE_IFLAG)
+        want[3] = (now[3] & ~_LINE_LFLAG) | (attrs[3] & _LINE_LFLAG)
+        for i in _LINE_CC:
+            want[6][i] = attrs[6][i]
+        if want == now:
+            return False
+        termios.tcsetattr(tty, termios.TCSANOW, want)
+        return True
+    except termios.error:
+        return False
+    finally:
+        os.close(tty)
 
 
 def terminal_lflag(pid: int, fd: int = 0) -> int | None:

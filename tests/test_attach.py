@@ -35,16 +35,21 @@ def test_default_argv_clears_env_and_sets_curated_vars() -> None:
 
 def test_user_namespaces_elevated_lxcpath_sudo() -> None:
     opts = AttachOptions(
-        "c1", tools=Tools(lxcpath="/srv/lxc", sudo=True), uid=1000, gid=50,
+        "c1", tools=Tools(lxcpath="/srv/lxc"), uid=1000, gid=50,
         namespaces=("MOUNT", "PID"), elevated=("CAP",), remount_sys_proc=True,
     )
     argv = opts.argv(["id"])
-    assert argv[:3] == ["sudo", "-n", "--"]
     assert argv[argv.index("-P") + 1] == "/srv/lxc"
     assert argv[argv.index("-u") + 1] == "1000" and argv[argv.index("-g") + 1] == "50"
     assert argv[argv.index("-s") + 1] == "MOUNT|PID" and "--elevated-privileges=CAP" in argv
     assert "-R" in argv
     assert len(opts.warnings) == 2
+    # Through sudo every call goes to the validating helper, which fixes -P and the log target itself.
+    argv = AttachOptions("c1", tools=Tools(sudo=True), uid=1000).argv(["id"])
+    assert argv[:2] == ["sudo", "-n"] and argv[3] == "lxc-attach"
+    assert "-P" not in argv and "-o" not in argv and "-l" not in argv
+    with pytest.raises(ConfigError, match="lxcpath cannot be set with sudo"):
+        AttachOptions("c1", tools=Tools(lxcpath="/srv/lxc", sudo=True)).argv(["id"])
 
 
 def test_env_values_travel_in_the_environment_not_argv() -> None:

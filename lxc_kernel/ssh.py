@@ -409,17 +409,8 @@ class SshTransport(Transport):
         open, and kills it at end of file."""
         if not self.link.alive():
             raise self.link.down_error("cannot start the stderr reader")
-        full = self.pipe_argv(["/bin/sh", "-c", _WATCHED, "lxck-watched", *argv])
-        try:
-            proc = subprocess.Popen(
-                full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env=self.spawn_env(), cwd="/", preexec_fn=reset_child_signals, start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise LxcNotInstalled(full[0]) from exc
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        return proc
+        return self._start_helper(self.pipe_argv(["/bin/sh", "-c", _WATCHED, "lxck-watched", *argv]),
+                                  stdin=subprocess.PIPE)
 
     def end_spawned(self, proc: subprocess.Popen[bytes]) -> None:
         """End a helper from :meth:`spawn` inside before its client is killed: closing its stdin makes the

@@ -62,6 +62,16 @@ def format_size(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
+def format_cgroup_bytes(value: int | None) -> str:
+    """A byte count from a cgroup or instance limit: "?" when unknown, "unlimited" for none (cgroup v1 shows
+    "no limit" as a number near 2**63, and some tools print -1)."""
+    if value is None:
+        return "?"
+    if value < 0 or value >= 2**62:
+        return "unlimited"
+    return format_size(value)
+
+
 def _check_container_path(path: str) -> str:
     if not path or "\0" in path:
         raise TransferError(f"invalid container path {path!r}")

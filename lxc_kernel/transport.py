@@ -210,10 +210,13 @@ class Transport:
 
     def spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start a long-lived pipe helper (the stderr reader): its stdout is a non-blocking pipe."""
-        full = self.pipe_argv(argv)
+        return self._start_helper(self.pipe_argv(argv), stdin=subprocess.DEVNULL)
+
+    def _start_helper(self, full: Sequence[str], stdin: int) -> subprocess.Popen[bytes]:
+        """Popen a helper's full host argv in its own session, stdout non-blocking, stderr dropped."""
         try:
             proc = subprocess.Popen(
-                full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                full, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=self.spawn_env(), cwd="/", preexec_fn=reset_child_signals, start_new_session=True,
             )
         except FileNotFoundError as exc:

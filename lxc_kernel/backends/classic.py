@@ -23,6 +23,7 @@ from ..lxc import (
     validate_path,
 )
 from ..provision import KINDS  # the kinds it knows how to make work here (PTYs, cgroups, no network)
+from ..transfer import format_cgroup_bytes
 from .base import Backend, Created, LimitResult
 
 if TYPE_CHECKING:
@@ -37,16 +38,6 @@ LIMITS = ("memory", "cpu", "cpuset")
 
 def _size(text: str) -> int:
     return int(text) if text.lstrip("-").isdigit() else -1
-
-
-def _human_bytes(value: int | None) -> str:
-    from ..transfer import format_size
-
-    if value is None:
-        return "?"
-    if value < 0 or value >= 2**62:
-        return "unlimited"
-    return format_size(value)
 
 
 def is_off(value: str) -> bool:
@@ -168,7 +159,7 @@ class ClassicBackend(Backend):
             else:
                 memory = ct.cgroup("memory.limit_in_bytes")
                 quota, period = ct.cgroup("cpu.cfs_quota_us"), ct.cgroup("cpu.cfs_period_us")
-            out.append(("memory limit", _human_bytes(_size(memory)) if memory != "max" else "unlimited"))
+            out.append(("memory limit", format_cgroup_bytes(_size(memory)) if memory != "max" else "unlimited"))
             q, p = _size(quota), _size(period)
             out.append(("cpu quota", f"{q / p:.2f} CPU ({quota}/{period} us)" if q > 0 and p > 0 else "unlimited"))
             out.append(("cpuset", ct.cgroup("cpuset.cpus") or "?"))

@@ -8,7 +8,7 @@ import time
 from ..backends import NotSupported
 from ..errors import LxcKernelError
 from ..lxc import State
-from ..transfer import format_size
+from ..transfer import format_cgroup_bytes
 from .core import (
     Host,
     MagicFailed,
@@ -36,14 +36,6 @@ def _stop_args(p: MagicParser) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("--kill", action="store_true")
     p.add_argument("--timeout", type=float, default=30.0)
-
-
-def _human_bytes(value: int | None) -> str:
-    if value is None:
-        return "?"
-    if value < 0 or value >= 2**62:
-        return "unlimited"
-    return format_size(value)
 
 
 @lxc_subcommand("list", """
@@ -74,7 +66,7 @@ def lxc_info(host: Host, ns: argparse.Namespace) -> None:
     if info.cpu_ns is not None:
         rows.append(("CPU use", f"{info.cpu_ns / 1e9:.2f} s"))
     if info.memory_bytes is not None:
-        rows.append(("memory use", _human_bytes(info.memory_bytes)))
+        rows.append(("memory use", format_cgroup_bytes(info.memory_bytes)))
     rows.append(("IPs", ", ".join(info.ips) or "none"))
     try:
         rows.append(("privileged", backend.privilege(name)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -311,3 +312,121 @@ def test_interrupt_reaches_the_remote_job_and_keeps_the_link(ssh_kernel: Kernel)
     assert master.is_running() and master_of(ssh_kernel.pid).pid == master.pid
     r = ssh_kernel.execute("echo $kept; ps | grep -c '[s]leep 60'", timeout=30)
     assert r.stream().split() == ["yes", "0"], r.stream()
+
+
+# -- a kernel with its own --ssh, on a container of this module's own on the namespace host ------------------
+
+OWN = "lxck-t9x-1"
+
+
+def in_ns(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """An lxc-* tool run in the namespace host's network namespace (its containers' command sockets live there).
+    nsenter, not `ip netns exec`: that one also mounts a fresh /sys, without the cgroup hierarchies, so a
+    container started under it gets no cgroups and lxc-freeze fails ("Failed to freeze")."""
+    return subprocess.run(["nsenter", f"--net=/run/netns/{sshhost.NS}", *argv], capture_output=True, text=True,
+                          timeout=120, check=check)
+
+
+def ensure_own() -> None:
+    """Create (busybox) and start OWN from inside the namespace, the way .ci/setup-ssh makes its container."""
+    if sshhost.remote_state(OWN) != "RUNNING":
+        in_ns(sys.executable, "-m", "lxc_kernel.provision", OWN, "--kind", "busybox")  # creates and starts it
+        in_ns("lxc-wait", "-n", OWN, "-s", "RUNNING", "-t", "20")
+
+
+@pytest.fixture(scope="module")
+def own_remote() -> Iterator[str]:
+    if MISSING is not None:
+        pytest.skip(MISSING)
+    try:
+        ensure_own()
+        yield OWN
+    finally:
+        in_ns("lxc-unfreeze", "-n", OWN, check=False)
+        in_ns(sys.executable, "-m", "lxc_kernel.provision", OWN, "--destroy", check=False)
+
+
+@pytest.fixture
+def own_kernel(own_remote: str) -> Iterator[Kernel]:
+    """A real kernel with ``--ssh root@10.99.9.2`` and the test hosts' ssh options, on OWN."""
+    from conftest import start_kernel
+
+    ensure_own()
+    k = start_kernel(own_remote, f"--LXCKernel.ssh={sshhost.HOSTS['ssh-ns'][0]}",
+                     *(f"--LXCKernel.ssh_options={o}" for o in sshhost.options()))
+    try:
+        yield k
+    finally:
+        try:
+            k.shutdown()
+        except Exception:
+            pass
+
+
+def act_after(delay: float, argv: list[str]) -> tuple[threading.Thread, list[float]]:
+    """Run ``argv`` inside the namespace ``delay`` seconds from now; the list gets the time it ran."""
+    at: list[float] = []
+
+    def act() -> None:
+        time.sleep(delay)
+        at.append(time.monotonic())
+        in_ns(*argv)
+
+    thread = threading.Thread(target=act)
+    thread.start()
+    return thread, at
+
+
+@needs_hosts
+def test_kernel_own_ssh_container_frozen_mid_cell(own_kernel: Kernel) -> None:
+    """A frozen container gives no output and no end of file: the health check's lxc-info over the link
+    ends the cell with an error naming FROZEN; after lxc-unfreeze the next cell gets a fresh shell."""
+    assert own_kernel.execute("echo ready").stream() == "ready\n"
+    thread, at = act_after(1.0, ["lxc-freeze", "-n", OWN])
+    try:
+        r = own_kernel.execute("echo started; sleep 60", timeout=60)
+        ended = time.monotonic()
+        thread.join()
+        assert r.status == "error", r.reply["content"]
+        content = r.reply["content"]
+        assert content["ename"] == "ContainerNotReady" and "FROZEN" in content["evalue"], content
+        assert "unfreeze" in content["evalue"] and "started" in r.stream()
+        assert ended - at[0] < 30, ended - at[0]
+        print(f"frozen: error {ended - at[0]:.2f} s after lxc-freeze")
+    finally:
+        thread.join()
+        in_ns("lxc-unfreeze", "-n", OWN, check=False)
+    r = own_kernel.execute("echo thawed", timeout=60)
+    assert r.status == "ok" and r.stream() == "thawed\n", r.reply["content"]
+
+
+@needs_hosts
+def test_kernel_own_ssh_container_deleted_mid_cell(own_kernel: Kernel) -> None:
+    """lxc-destroy -f mid-cell: the cell ends with an error naming the cause, the kernel lives on (and says
+    the container is missing), and after shutdown nothing of the session is left on either host."""
+    assert own_kernel.execute("echo ready").stream() == "ready\n"
+    host_side = link_processes(own_kernel.pid)
+    master = master_of(own_kernel.pid).cmdline()
+    control_dir = os.path.dirname(master[master.index("-S") + 1])
+    thread, at = act_after(1.0, ["lxc-destroy", "-f", "-n", OWN])
+    r = own_kernel.execute("echo started; sleep 60", timeout=90)
+    ended = time.monotonic()
+    thread.join()
+    assert sshhost.remote_state(OWN) == "", "lxc-destroy should have removed the container"
+    assert r.status == "error", r.reply["content"]
+    content = r.reply["content"]
+    assert content["ename"] == "ContainerNotReady" and OWN in content["evalue"], content
+    assert re.search("STOPPED|does not exist|MISSING", content["evalue"]), content
+    assert ended - at[0] < 40, ended - at[0]
+    print(f"deleted: error {ended - at[0]:.2f} s after lxc-destroy -f was started")
+    r = own_kernel.execute("echo after", timeout=60)
+    assert r.status == "error" and OWN in r.reply["content"]["evalue"], r.reply["content"]
+    assert own_kernel.km.is_alive()
+    host_side += link_processes(own_kernel.pid)
+    own_kernel.shutdown()
+    _, alive = psutil.wait_procs(host_side, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+    assert not os.path.exists(control_dir)
+    # On the namespace host: no sshd session serving this kernel, nothing of the container's.
+    sessions = in_ns("ps", "-eo", "pid,args", check=False).stdout
+    assert OWN not in sessions, sessions

@@ -364,13 +364,15 @@ def own_kernel(own_remote: str) -> Iterator[Kernel]:
 
 
 def act_after(delay: float, argv: list[str]) -> tuple[threading.Thread, list[float]]:
-    """Run ``argv`` inside the namespace ``delay`` seconds from now; the list gets the time it ran."""
+    """Run ``argv`` inside the namespace ``delay`` seconds from now; the list gets the times it started and
+    ended."""
     at: list[float] = []
 
     def act() -> None:
         time.sleep(delay)
         at.append(time.monotonic())
         in_ns(*argv)
+        at.append(time.monotonic())
 
     thread = threading.Thread(target=act)
     thread.start()
@@ -392,12 +394,22 @@ def test_kernel_own_ssh_container_frozen_mid_cell(own_kernel: Kernel) -> None:
         assert content["ename"] == "ContainerNotReady" and "FROZEN" in content["evalue"], content
         assert "unfreeze" in content["evalue"] and "started" in r.stream()
         assert ended - at[0] < 30, ended - at[0]
-        print(f"frozen: error {ended - at[0]:.2f} s after lxc-freeze")
+        print(f"frozen: error {ended - at[1]:.2f} s after lxc-freeze ({at[1] - at[0]:.2f} s): {content['evalue']}")
     finally:
         thread.join()
         in_ns("lxc-unfreeze", "-n", OWN, check=False)
+    # Thawed, the old shell's job is gone too (its ssh session ended while the container was frozen).
+    deadline = time.monotonic() + 15
+    while "sleep 60" in (left := own_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "sleep 60" not in left, left
     r = own_kernel.execute("echo thawed", timeout=60)
     assert r.status == "ok" and r.stream() == "thawed\n", r.reply["content"]
+
+
+def own_processes() -> str:
+    """The command lines of every process in OWN, looked at the direct way (lxc-attach in the namespace)."""
+    return in_ns("lxc-attach", "-n", OWN, "--clear-env", "--", "/bin/ps", "-o", "pid,args").stdout
 
 
 @needs_hosts
@@ -418,7 +430,7 @@ def test_kernel_own_ssh_container_deleted_mid_cell(own_kernel: Kernel) -> None:
     assert content["ename"] == "ContainerNotReady" and OWN in content["evalue"], content
     assert re.search("STOPPED|does not exist|MISSING", content["evalue"]), content
     assert ended - at[0] < 40, ended - at[0]
-    print(f"deleted: error {ended - at[0]:.2f} s after lxc-destroy -f was started")
+    print(f"deleted: error {ended - at[0]:.2f} s after lxc-destroy ({at[1] - at[0]:.2f} s): {content['evalue']}")
     r = own_kernel.execute("echo after", timeout=60)
     assert r.status == "error" and OWN in r.reply["content"]["evalue"], r.reply["content"]
     assert own_kernel.km.is_alive()

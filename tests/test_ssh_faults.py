@@ -2,7 +2,9 @@
 and while idle, the remote container stopped mid-cell, shutdown leaving nothing on either host, the
 ControlMaster gone after the kernel is SIGKILLed; plus parse_target and the remote quoting of argv.
 
-Kernel-level tests run a real kernel whose transport is built the test-only way in tests/ssh_kernel.py.
+Kernel-level tests run a real kernel whose transport is built the test-only way in tests/ssh_kernel.py, except
+the frozen and deleted mid-cell ones: a kernel with its own ``--ssh`` on a container of this module's own
+(lxck-t9x-1) on the namespace host, created and destroyed here.
 """
 
 from __future__ import annotations

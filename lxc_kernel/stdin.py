@@ -20,7 +20,8 @@ import os
 import platform
 import struct
 import termios
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,19 +207,31 @@ def waiting_fds(pid: int) -> list[int]:
     return _tty_fds(pid, candidates)
 
 
+@contextmanager
+def _terminal(pid: int, fd: int, mode: int = os.O_RDONLY) -> Iterator[int | None]:
+    """The terminal ``pid`` has open as ``fd``, opened through /proc (O_NOCTTY: never adopt it), or None
+    when it can't be opened; closed on exit."""
+    try:
+        tty = os.open(f"/proc/{pid}/fd/{fd}", mode | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        yield tty
+    finally:
+        os.close(tty)
+
+
 def terminal_attrs(pid: int) -> tuple[int, list[Any]] | None:
     """The shell's terminal, from the host: which of its fds 0-2 it is, and its termios attributes."""
     for fd in (0, 1, 2):
-        try:
-            tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            return fd, termios.tcgetattr(tty)
-        except termios.error:
-            continue
-        finally:
-            os.close(tty)
+        with _terminal(pid, fd) as tty:
+            if tty is None:
+                continue
+            try:
+                return fd, termios.tcgetattr(tty)
+            except termios.error:
+                continue
     return None
 
 
@@ -235,56 +248,47 @@ def restore_terminal(pid: int, saved: tuple[int, list[Any]]) -> bool:
     """Put the line-reading modes and characters of the terminal of ``pid`` back to ``saved`` (from
     :func:`terminal_attrs`) if a cell changed them; True when it had to."""
     fd, attrs = saved
-    try:
-        tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        now = termios.tcgetattr(tty)
-        want = [*now[:6], list(now[6])]
-        want[0] = (now[0] & ~_LINE_IFLAG) | (attrs[0] & _LINE_IFLAG)
-        want[3] = (now[3] & ~_LINE_LFLAG) | (attrs[3] & _LINE_LFLAG)
-        for i in _LINE_CC:
-            want[6][i] = attrs[6][i]
-        if want == now:
+    with _terminal(pid, fd) as tty:
+        if tty is None:
             return False
-        termios.tcsetattr(tty, termios.TCSANOW, want)
-        return True
-    except termios.error:
-        return False
-    finally:
-        os.close(tty)
+        try:
+            now = termios.tcgetattr(tty)
+            want = [*now[:6], list(now[6])]
+            want[0] = (now[0] & ~_LINE_IFLAG) | (attrs[0] & _LINE_IFLAG)
+            want[3] = (now[3] & ~_LINE_LFLAG) | (attrs[3] & _LINE_LFLAG)
+            for i in _LINE_CC:
+                want[6][i] = attrs[6][i]
+            if want == now:
+                return False
+            termios.tcsetattr(tty, termios.TCSANOW, want)
+            return True
+        except termios.error:
+            return False
 
 
 def terminal_lflag(pid: int, fd: int = 0) -> int | None:
-    """The local-mode flags of the terminal ``pid`` has open as ``fd`` (O_NOCTTY: never adopt it)."""
-    try:
-        tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return termios.tcgetattr(tty)[3]
-    except termios.error:
-        return None
-    finally:
-        os.close(tty)
+    """The local-mode flags of the terminal ``pid`` has open as ``fd``."""
+    with _terminal(pid, fd) as tty:
+        if tty is None:
+            return None
+        try:
+            return termios.tcgetattr(tty)[3]
+        except termios.error:
+            return None
 
 
 def set_echo(pid: int, on: bool, fd: int = 0) -> bool:
     """Turn the terminal's echo on or off, from the host; False if it could not be done."""
-    try:
-        tty = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        attrs = termios.tcgetattr(tty)
-        attrs[3] = attrs[3] | termios.ECHO if on else attrs[3] & ~termios.ECHO
-        termios.tcsetattr(tty, termios.TCSANOW, attrs)
-        return True
-    except termios.error:
-        return False
-    finally:
-        os.close(tty)
+    with _terminal(pid, fd, os.O_RDWR) as tty:
+        if tty is None:
+            return False
+        try:
+            attrs = termios.tcgetattr(tty)
+            attrs[3] = attrs[3] | termios.ECHO if on else attrs[3] & ~termios.ECHO
+            termios.tcsetattr(tty, termios.TCSANOW, attrs)
+            return True
+        except termios.error:
+            return False
 
 
 def command_line(pid: int) -> str:

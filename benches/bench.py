@@ -610,6 +610,23 @@ class Client:
             self.children_seen.update(descendants(self.pid))
 
 
+def interrupted_sleep(client: Client, timeout: float, delay: float = 0.5) -> tuple[Cell, float | None]:
+    """Run `sleep 100` and interrupt the kernel ``delay`` s after the request is sent: the cell, and the
+    time of the interrupt (None if it never fired)."""
+    marks: dict[str, float] = {}
+
+    def fire(_cell: Cell) -> None:
+        def later() -> None:
+            time.sleep(delay)
+            marks["t"] = time.perf_counter()
+            client.km.interrupt_kernel()
+
+        threading.Thread(target=later, daemon=True).start()
+
+    cell = client.execute("sleep 100", timeout=timeout, on_sent=fire)
+    return cell, marks.get("t")
+
+
 def roundtrips(client: Client, code: str, reps: int, warmup: int = 3) -> dict[str, Any]:
     for _ in range(warmup):
         client.execute(code, timeout=30)
@@ -831,21 +848,11 @@ def bench_kernel(args: argparse.Namespace, reps: dict[str, int], result: dict[st
         client.execute("LXCK_BENCH_STATE=kept", timeout=30)
         lat, notes = [], []
         for _ in range(reps["interrupt"]):
-            marks: dict[str, float] = {}
-
-            def fire(cell: Cell, marks: dict[str, float] = marks) -> None:
-                def later() -> None:
-                    time.sleep(0.5)
-                    marks["t_int"] = time.perf_counter()
-                    client.km.interrupt_kernel()
-
-                threading.Thread(target=later, daemon=True).start()
-
-            cell = client.execute("sleep 100", timeout=15, on_sent=fire)
-            if "t_int" in marks and cell.t_reply is not None:
-                lat.append(cell.t_reply - marks["t_int"])
+            cell, t_int = interrupted_sleep(client, timeout=15)
+            if t_int is not None and cell.t_reply is not None:
+                lat.append(cell.t_reply - t_int)
             notes.append({"status": cell.status, "ename": (cell.reply or {}).get("ename"),
-                          "idle_after_interrupt": rnd(cell.t_idle - marks["t_int"] if cell.t_idle and "t_int" in marks
+                          "idle_after_interrupt": rnd(cell.t_idle - t_int if cell.t_idle and t_int is not None
                                                       else None)})
             if cell.t_reply is None:
                 k["interrupt_failure"] = cell.brief()

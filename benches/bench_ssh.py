@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import bench
-from bench import SEQ_N, SEQ_TEXT_LEN, Client, log, rnd, roundtrips, summary
+from bench import SEQ_N, SEQ_TEXT_LEN, Client, interrupted_sleep, log, rnd, roundtrips, summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -178,19 +178,9 @@ def kernel_figures(kernel_name: str, extra: list[str], reps: int) -> dict[str, A
         del text, cell
         lat = []
         for _ in range(3):
-            marks: dict[str, float] = {}
-
-            def fire(_cell: Any, marks: dict[str, float] = marks) -> None:
-                def later() -> None:
-                    time.sleep(0.5)
-                    marks["t"] = time.perf_counter()
-                    client.km.interrupt_kernel()
-
-                threading.Thread(target=later, daemon=True).start()
-
-            cell = client.execute("sleep 100", timeout=20, on_sent=fire)
-            if "t" in marks and cell.t_reply is not None:
-                lat.append(cell.t_reply - marks["t"])
+            cell, t_int = interrupted_sleep(client, timeout=20)
+            if t_int is not None and cell.t_reply is not None:
+                lat.append(cell.t_reply - t_int)
         out["interrupt"] = summary(lat)
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
